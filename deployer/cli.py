@@ -1,0 +1,75 @@
+"""The deployer command line: a thin layer over the library with exactly one error boundary."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from deployer import __version__
+from deployer.errors import DeployerError, UsageError
+
+
+class _Group(click.Group):
+    """Routes every failure through one boundary: a one-line message and the failure class's exit code."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except DeployerError as exc:
+            _report(exc)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("deployer: aborted", err=True)
+            sys.exit(130)
+        except click.ClickException as exc:
+            # Usage errors from click itself (unknown option, missing argument) share exit code 2.
+            exc.show()
+            sys.exit(UsageError.exit_code)
+        except KeyboardInterrupt:
+            click.echo("deployer: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # the one boundary for the unexpected: no traceback unless asked for
+            click.echo(f"deployer: unexpected error: {type(exc).__name__}: {exc}", err=True)
+            click.echo("  (set DEPLOYER_DEBUG=1 for a traceback)", err=True)
+            import os
+
+            if os.environ.get("DEPLOYER_DEBUG"):
+                raise
+            sys.exit(DeployerError.exit_code)
+        if isinstance(result, int):
+            sys.exit(result)
+        sys.exit(0)
+
+
+def _report(exc: DeployerError) -> None:
+    click.echo(f"deployer: error: {exc.message}", err=True)
+    if exc.details:
+        click.echo(exc.details.rstrip("\n"), err=True)
+    if exc.hint:
+        click.echo(f"  hint: {exc.hint}", err=True)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="deployer")
+def main() -> None:
+    """Train, export, serve, smoke-test and promote TensorFlow models on TensorFlow Serving."""
+
+
+def _register() -> None:
+    import importlib
+
+    for module in ("offline", "serve", "promotion"):
+        try:
+            mod = importlib.import_module(f"deployer.commands.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"deployer.commands.{module}":
+                raise
+            continue
+        for command in mod.COMMANDS:
+            main.add_command(command)
+
+
+_register()

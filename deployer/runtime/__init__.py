@@ -1,0 +1,1 @@
+"""Runtimes own the server's lifecycle (start, find, stop, logs) and never speak gRPC."""

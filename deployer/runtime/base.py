@@ -1,0 +1,89 @@
+"""The contract between the orchestration and a runtime (docker or local).
+
+A runtime starts, finds, inspects and stops a model server; it never speaks gRPC. Health is judged by
+the orchestration with deployer.client, using ``state()`` to fail fast when the server exits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from deployer.manifest import ContainerSettings
+
+
+@dataclass(frozen=True)
+class Mount:
+    host: Path
+    target: str  # the path as the server sees it
+    read_only: bool = True
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the server sees the host's paths: base paths per model and the config directory."""
+
+    model_paths: dict[str, str]
+    config_dir: str
+    mounts: tuple[Mount, ...] = ()
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    project: str
+    spec_hash: str
+    image: str
+    host: str
+    grpc_port: int  # host port; 0 picks a free one
+    rest_port: int  # host port; 0 picks a free one
+    args: tuple[str, ...]  # model-server flags, paths already as the server sees them (see Layout)
+    layout: Layout
+    state_dir: Path  # pid and log files of the local runtime live here
+    container: ContainerSettings = field(default_factory=ContainerSettings)
+
+
+@dataclass(frozen=True)
+class ServerHandle:
+    """What identifies a running server; persisted as JSON in the state directory."""
+
+    runtime: str  # "docker" | "local"
+    ident: str  # container id, or pid as a string
+    name: str  # container name, or the command's name
+    grpc_target: str  # "127.0.0.1:8500"
+    rest_url: str | None  # "http://127.0.0.1:8501" or None when REST is off
+    spec_hash: str
+    image: str | None = None
+    started_at: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ServerHandle:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    running: bool
+    exit_code: int | None = None
+    detail: str = ""  # e.g. "OOMKilled", "exited", "running"
+
+
+class Runtime(Protocol):
+    name: ClassVar[str]
+
+    def layout(self, model_base_paths: dict[str, Path], config_dir: Path) -> Layout: ...
+
+    def start(self, spec: LaunchSpec) -> ServerHandle: ...
+
+    def find(self, project: str, state_dir: Path) -> ServerHandle | None: ...
+
+    def state(self, handle: ServerHandle) -> ProcessState: ...
+
+    def logs(self, handle: ServerHandle, tail: int = 50) -> str: ...
+
+    def stop(self, handle: ServerHandle) -> None: ...
+
+    def restart(self, handle: ServerHandle) -> ServerHandle: ...

@@ -90,3 +90,11 @@ def ensure_light_protos() -> None:
             for package, module in _TF_IMPORT.findall(source.read_text(encoding="utf-8")):
                 _load_tf_proto(f"{package}.{module}", tf_dir)
     _done = True
+
+
+def tf_proto(name: str) -> types.ModuleType:
+    """A ``tensorflow.*_pb2`` module (e.g. ``tensorflow.core.protobuf.saved_model_pb2``) without TensorFlow."""
+    ensure_light_protos()
+    if name not in sys.modules:
+        _load_tf_proto(name, _package_dir("tensorflow"))
+    return sys.modules[name]

@@ -170,8 +170,7 @@ class Manifest(_Strict):
                     raise ValueError(f"{where}.features: unknown feature(s) {', '.join(extra)}")
                 if case.expect_class not in model.classes:
                     raise ValueError(
-                        f"{where}.expect_class: {case.expect_class!r} is not one of the model's classes "
-                        f"{model.classes}"
+                        f"{where}.expect_class: {case.expect_class!r} is not one of the model's classes {model.classes}"
                     )
         return self
 
@@ -210,9 +209,7 @@ class Manifest(_Strict):
         """A stable digest of everything that shapes the running server (not the smoke cases)."""
         doc: dict[str, Any] = {
             "server": self.server.model_dump(mode="json"),
-            "models": [
-                {"name": m.name, "base_path": str(self.base_path(m))} for m in self.models
-            ],
+            "models": [{"name": m.name, "base_path": str(self.base_path(m))} for m in self.models],
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -235,7 +232,7 @@ def format_validation_error(err: ValidationError) -> str:
     where = _format_location(tuple(first["loc"]))
     msg = first["msg"]
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
     more = f" (and {err.error_count() - 1} more error(s))" if err.error_count() > 1 else ""

@@ -1,0 +1,244 @@
+"""gRPC PredictionService and ModelService, registered from tensorflow-serving-api's generated servicers.
+
+Requests and errors are TF Serving's (classification_service.cc, regression_service.cc,
+predict_impl.cc, get_model_metadata_impl.cc, get_model_status_impl.cc, model_service_impl.cc).
+MultiInference answers UNIMPLEMENTED (ours: TF Serving implements it).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from deployer.model_server.manager import ServerCore
+from deployer.model_server.metrics import Metrics
+from deployer.model_server.servable import DEFAULT_SIGNATURE
+from deployer.model_server.status import ServingError, invalid
+
+log = logging.getLogger(__name__)
+
+
+def fill_model_spec(spec: Any, name: str, version: int, signature_name: str | None) -> None:
+    """util.cc MakeModelSpec: an empty signature name is echoed as serving_default."""
+    spec.name = name
+    spec.version.value = version
+    if signature_name is not None:
+        spec.signature_name = signature_name or DEFAULT_SIGNATURE
+
+
+def classify(core: ServerCore, request: Any, metrics: Metrics | None = None) -> Any:
+    servable = core.servable(request.model_spec)
+    classes, scores = servable.classify(request.model_spec.signature_name, request.input)
+    response = classification_pb2.ClassificationResponse()
+    fill_model_spec(response.model_spec, servable.name, servable.version, request.model_spec.signature_name)
+    classifications = response.result.classifications
+    rows = len(classes) if classes is not None else len(scores)
+    if metrics is not None:
+        metrics.record_examples(request.model_spec.name, rows)
+    labels = classes.tolist() if classes is not None else None
+    values = scores.tolist() if scores is not None else None
+    for i in range(rows):
+        out = classifications.add().classes
+        if labels is not None and values is not None:
+            for label, score in zip(labels[i], values[i], strict=True):
+                out.add(label=label.decode("utf-8", "replace"), score=score)
+        elif labels is not None:
+            for label in labels[i]:
+                out.add(label=label.decode("utf-8", "replace"))
+        else:
+            assert values is not None
+            for score in values[i]:
+                out.add(score=score)
+    return response
+
+
+def regress(core: ServerCore, request: Any, metrics: Metrics | None = None) -> Any:
+    servable = core.servable(request.model_spec)
+    values = servable.regress(request.model_spec.signature_name, request.input)
+    response = regression_pb2.RegressionResponse()
+    fill_model_spec(response.model_spec, servable.name, servable.version, request.model_spec.signature_name)
+    if metrics is not None:
+        metrics.record_examples(request.model_spec.name, len(values))
+    for value in values.tolist():
+        response.result.regressions.add(value=value)
+    return response
+
+
+def predict(core: ServerCore, request: Any) -> Any:
+    servable = core.servable(request.model_spec)
+    inputs = {}
+    for alias, proto in request.inputs.items():
+        try:
+            inputs[alias] = tf.make_ndarray(proto)
+        except (TypeError, ValueError) as exc:
+            raise invalid(f"tensor parsing error: {alias}") from exc
+    outputs = servable.predict(request.model_spec.signature_name, inputs, list(request.output_filter))
+    response = predict_pb2.PredictResponse()
+    fill_model_spec(response.model_spec, servable.name, servable.version, request.model_spec.signature_name)
+    for alias, value in outputs.items():
+        response.outputs[alias].CopyFrom(tf.make_tensor_proto(value))
+    return response
+
+
+def model_metadata(core: ServerCore, request: Any) -> Any:
+    if not request.HasField("model_spec"):
+        raise invalid("Missing ModelSpec")
+    if not request.metadata_field:
+        raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
+    for field in request.metadata_field:
+        if field != "signature_def":
+            raise invalid(f"Metadata field {field} is not supported")
+    servable = core.servable(request.model_spec)
+    response = get_model_metadata_pb2.GetModelMetadataResponse()
+    fill_model_spec(response.model_spec, servable.name, servable.version, None)
+    signature_map = get_model_metadata_pb2.SignatureDefMap()
+    for key, sig in servable.signature_defs.items():
+        signature_map.signature_def[key].CopyFrom(sig)
+    response.metadata["signature_def"].Pack(signature_map)
+    return response
+
+
+def model_status(core: ServerCore, request: Any) -> Any:
+    """get_model_status_impl.cc: version_label is ignored; versions newest first."""
+    if not request.HasField("model_spec"):
+        raise invalid("Missing ModelSpec")
+    name = request.model_spec.name
+    states = core.version_states(name)
+    if request.model_spec.WhichOneof("version_choice") == "version":
+        version = int(request.model_spec.version.value)
+        if version not in states:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find version {version} of model {name}")
+        states = {version: states[version]}
+    elif not states:
+        raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {name}")
+    response = get_model_status_pb2.GetModelStatusResponse()
+    for version in sorted(states, reverse=True):
+        state = states[version]
+        entry = response.model_version_status.add(version=version, state=state.state)
+        if state.error is not None:
+            entry.status.error_code = state.error.code_number
+            entry.status.error_message = state.error.message
+    return response
+
+
+class _Base:
+    def __init__(self, core: ServerCore, metrics: Metrics) -> None:
+        self.core = core
+        self.metrics = metrics
+
+    def _call(self, api: str, request: Any, context: Any, handler: Callable[[], Any], empty: Any) -> Any:
+        started = time.perf_counter()
+        model = request.model_spec.name if request.HasField("model_spec") else ""
+        try:
+            response = handler()
+            status = "OK"
+        except ServingError as exc:
+            context.set_code(exc.code)
+            context.set_details(exc.message)
+            response, status = empty, exc.code_name
+        except Exception as exc:
+            log.exception("%s failed", api)
+            context.set_code(grpc.StatusCode.INTERNAL)
+            context.set_details(str(exc))
+            response, status = empty, "INTERNAL"
+        self.metrics.record_request(model, api, "GRPC", status, (time.perf_counter() - started) * 1e6)
+        return response
+
+
+class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    def Classify(self, request: Any, context: Any) -> Any:
+        return self._call(
+            "Classify",
+            request,
+            context,
+            lambda: classify(self.core, request, self.metrics),
+            classification_pb2.ClassificationResponse(),
+        )
+
+    def Regress(self, request: Any, context: Any) -> Any:
+        return self._call(
+            "Regress",
+            request,
+            context,
+            lambda: regress(self.core, request, self.metrics),
+            regression_pb2.RegressionResponse(),
+        )
+
+    def Predict(self, request: Any, context: Any) -> Any:
+        return self._call(
+            "Predict", request, context, lambda: predict(self.core, request), predict_pb2.PredictResponse()
+        )
+
+    def GetModelMetadata(self, request: Any, context: Any) -> Any:
+        return self._call(
+            "GetModelMetadata",
+            request,
+            context,
+            lambda: model_metadata(self.core, request),
+            get_model_metadata_pb2.GetModelMetadataResponse(),
+        )
+
+    def MultiInference(self, request: Any, context: Any) -> Any:
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details("MultiInference is not implemented by deployer-model-server")
+        from tensorflow_serving.apis import inference_pb2
+
+        return inference_pb2.MultiInferenceResponse()
+
+
+class ModelServicer(_Base, model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+    def GetModelStatus(self, request: Any, context: Any) -> Any:
+        try:
+            return model_status(self.core, request)
+        except ServingError as exc:
+            context.set_code(exc.code)
+            context.set_details(exc.message)
+            return get_model_status_pb2.GetModelStatusResponse()
+
+    def HandleReloadConfigRequest(self, request: Any, context: Any) -> Any:
+        response = model_management_pb2.ReloadConfigResponse()
+        try:
+            self.core.reload_config(request.config, still_waiting=context.is_active)
+        except ServingError as exc:
+            log.error("ReloadConfig failed: %s", exc)
+            # Set on the response as TF Serving does; over gRPC only the non-OK status reaches the client.
+            response.status.error_code = exc.code_number
+            response.status.error_message = exc.message
+            context.set_code(exc.code)
+            context.set_details(exc.message)
+        return response
+
+
+def start_grpc_server(core: ServerCore, metrics: Metrics, host: str, port: int, workers: int) -> Any:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        options=[
+            # main.cc: builder.SetMaxMessageSize(kint32max)
+            ("grpc.max_receive_message_length", 2**31 - 1),
+            ("grpc.max_send_message_length", 2**31 - 1),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(core, metrics), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    server.start()
+    return server

@@ -1,0 +1,300 @@
+"""``deployer-model-server``: tensorflow_model_server's command line (model_servers/main.cc, server.cc).
+
+Flags take ``--flag=value`` or ``--flag value``; booleans also ``--flag``. Startup order follows
+server.cc: validate flags, build the config, load every initial model (ports stay closed until all are
+AVAILABLE), then open gRPC and, if ``--rest_api_port`` is set, REST.
+
+Ours, not TF Serving's: an unknown flag or stray argument is fatal (TF Serving prints "unknown
+argument" and usage); startup failures exit with status 1 and "Failed to start server" (TF Serving
+aborts); servers bind the host in ``$DEPLOYER_MODEL_SERVER_HOST`` (default 127.0.0.1; TF Serving binds
+0.0.0.0 — set it to 0.0.0.0 in containers); ``--port=0`` (gRPC over a unix socket only) is rejected.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("deployer.model_server")
+
+
+class FlagError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class _Flag:
+    kind: type
+    default: Any
+    help: str
+    ignored: bool = False
+
+
+FLAGS: dict[str, _Flag] = {
+    "port": _Flag(int, 8500, "gRPC port"),
+    "rest_api_port": _Flag(int, 0, "REST port; 0 disables REST"),
+    "rest_api_timeout_in_ms": _Flag(int, 30000, "REST request timeout"),
+    "rest_api_num_threads": _Flag(int, 0, "REST threads (a thread per connection here)", ignored=True),
+    "model_name": _Flag(str, "default", "model name when --model_config_file is not set"),
+    "model_base_path": _Flag(str, "", "model base path when --model_config_file is not set"),
+    "model_config_file": _Flag(str, "", "ASCII ModelServerConfig"),
+    "model_config_file_poll_wait_seconds": _Flag(int, 0, "re-read the config file every N s; 0 = once"),
+    "file_system_poll_wait_seconds": _Flag(int, 1, "version discovery period; 0 = once, <0 = never"),
+    "allow_version_labels_for_unavailable_models": _Flag(bool, False, "allow new labels on unloaded versions"),
+    "monitoring_config_file": _Flag(str, "", "MonitoringConfig text proto (Prometheus on the REST port)"),
+    "enable_batching": _Flag(bool, False, "batch concurrent requests"),
+    "batching_parameters_file": _Flag(str, "", "BatchingParameters text proto"),
+    "enable_model_warmup": _Flag(bool, True, "replay assets.extra/tf_serving_warmup_requests on load"),
+    "tensorflow_intra_op_parallelism": _Flag(int, 0, "session intra-op threads; 0 = auto"),
+    "tensorflow_inter_op_parallelism": _Flag(int, 0, "session inter-op threads; 0 = auto"),
+    "tensorflow_session_parallelism": _Flag(int, 0, "both of the above when they are 0"),
+    "num_load_threads": _Flag(int, 0, "loads are serial here", ignored=True),
+    "num_unload_threads": _Flag(int, 0, "unloads are serial here", ignored=True),
+    "max_num_load_retries": _Flag(int, 5, "failed loads are not retried here", ignored=True),
+    "load_retry_interval_micros": _Flag(int, 60000000, "failed loads are not retried here", ignored=True),
+    "grpc_channel_arguments": _Flag(str, "", "gRPC server channel arguments", ignored=True),
+    "enable_signature_method_name_check": _Flag(bool, False, "only false is supported"),
+    "saved_model_tags": _Flag(str, "serve", "only 'serve' is supported"),
+    "per_process_gpu_memory_fraction": _Flag(float, 0.0, "no GPU here", ignored=True),
+    "flush_filesystem_caches": _Flag(bool, True, "no effect here", ignored=True),
+    "enable_grpc_healthcheck_service": _Flag(bool, False, "not provided here", ignored=True),
+    "grpc_max_threads": _Flag(int, 0, "gRPC handler threads; 0 = 4 x CPUs (ours: Python thread pool)"),
+}
+
+_TRUE = {"true", "1", "t", "yes"}
+_FALSE = {"false", "0", "f", "no"}
+
+
+def usage() -> str:
+    lines = ["usage: deployer-model-server [--flag=value ...]", "Flags:"]
+    for name, flag in FLAGS.items():
+        note = " (accepted, ignored)" if flag.ignored else ""
+        lines.append(f"\t--{name}={flag.default!r}\t{flag.kind.__name__}\t{flag.help}{note}")
+    return "\n".join(lines)
+
+
+def parse_flags(argv: list[str]) -> dict[str, Any]:
+    """Parse tensorflow::Flags style arguments; raises FlagError on anything unknown or malformed."""
+    values: dict[str, Any] = {name: flag.default for name, flag in FLAGS.items()}
+    given: set[str] = set()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("-") or arg in ("-", "--"):
+            raise FlagError(f"unknown argument: {arg}")
+        name, eq, raw = arg.lstrip("-").partition("=")
+        flag = FLAGS.get(name)
+        if flag is None:
+            raise FlagError(f"unknown argument: {arg}")
+        if flag.kind is bool:
+            if not eq or raw.lower() in _TRUE:
+                values[name] = True
+            elif raw.lower() in _FALSE:
+                values[name] = False
+            else:
+                raise FlagError(f"Couldn't interpret value {raw} for flag {name}.")
+        else:
+            if not eq:
+                if i >= len(argv):
+                    raise FlagError(f"flag --{name} needs a value")
+                raw = argv[i]
+                i += 1
+            try:
+                values[name] = flag.kind(raw)
+            except ValueError as exc:
+                raise FlagError(f"Couldn't interpret value {raw} for flag {name}.") from exc
+        given.add(name)
+    values["_given"] = given
+    return values
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+def _validate(flags: dict[str, Any]) -> None:
+    if flags["batching_parameters_file"] and not flags["enable_batching"]:
+        raise FlagError(
+            "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."
+        )
+    if not flags["model_config_file"] and not flags["model_base_path"]:
+        raise FlagError("Both server_options.model_base_path and server_options.model_config_file are empty!")
+    if flags["port"] == 0:
+        raise FlagError("--port=0 (gRPC only on --grpc_socket_path) is not supported by deployer-model-server")
+    if flags["enable_signature_method_name_check"]:
+        raise FlagError("--enable_signature_method_name_check=true is not supported by deployer-model-server")
+    if flags["saved_model_tags"] != "serve":
+        raise FlagError("--saved_model_tags other than 'serve' is not supported by deployer-model-server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname).1s %(name)s] %(message)s"
+    )
+    args = sys.argv[1:] if argv is None else argv
+    if any(a in ("--help", "-h", "--helpfull") for a in args):
+        print(usage())
+        return 0
+    try:
+        flags = parse_flags(args)
+        _validate(flags)
+    except FlagError as exc:
+        print(f"{exc}\n{usage()}", file=sys.stderr)
+        return 1
+    for name in sorted(flags["_given"]):
+        if FLAGS[name].ignored:
+            log.info("Flag --%s is accepted for compatibility and ignored: %s", name, FLAGS[name].help)
+    try:
+        return _run(flags)
+    except _StartupError as exc:
+        print(f"Failed to start server. Error: {exc}", file=sys.stderr, flush=True)
+        return 1
+
+
+class _StartupError(Exception):
+    pass
+
+
+def _run(flags: dict[str, Any]) -> int:
+    # Heavy imports after flag checks, so a bad command line fails fast.
+    from deployer.model_server import config as cfg
+    from deployer.model_server.status import ServingError
+
+    try:
+        if flags["model_config_file"]:
+            initial = cfg.read_model_server_config(flags["model_config_file"])
+        else:
+            initial = cfg.single_model_config(flags["model_name"], flags["model_base_path"])
+        batching = None
+        if flags["enable_batching"]:
+            batching = cfg.BatchingParameters()
+            if flags["batching_parameters_file"]:
+                path = flags["batching_parameters_file"]
+                batching = cfg.parse_batching_parameters(_read(path), path)
+        monitoring = cfg.MonitoringConfig()
+        if flags["monitoring_config_file"]:
+            path = flags["monitoring_config_file"]
+            monitoring = cfg.parse_monitoring_config(_read(path), path)
+    except ServingError as exc:
+        raise _StartupError(str(exc)) from exc
+    except OSError as exc:
+        raise _StartupError(f"{exc.filename}: {exc.strerror}") from exc
+
+    from deployer.model_server.grpc_api import start_grpc_server
+    from deployer.model_server.manager import ServerCore
+    from deployer.model_server.metrics import Metrics
+    from deployer.model_server.rest_api import RestApi, start_rest_server
+    from deployer.model_server.servable import Servable
+
+    metrics = Metrics()
+    intra = flags["tensorflow_intra_op_parallelism"] or flags["tensorflow_session_parallelism"]
+    inter = flags["tensorflow_inter_op_parallelism"] or flags["tensorflow_session_parallelism"]
+
+    def load(name: str, version: int, path: str) -> Any:
+        try:
+            servable = Servable(name, version, path, batching=batching, intra_op_threads=intra, inter_op_threads=inter)
+        except ServingError:
+            metrics.record_load(path, ok=False)
+            raise
+        metrics.record_load(path, ok=True)
+        if flags["enable_model_warmup"]:
+            started = time.perf_counter()
+            try:
+                count = servable.warmup()
+            except ServingError:
+                servable.close()
+                raise
+            if count:
+                metrics.record_warmup(path, (time.perf_counter() - started) * 1e6)
+                log.info(
+                    "Finished reading warmup data for model at %s. Number of warmup records read: %d.", path, count
+                )
+        return servable
+
+    core = ServerCore(
+        load,
+        file_system_poll_wait_seconds=flags["file_system_poll_wait_seconds"],
+        allow_version_labels_for_unavailable_models=flags["allow_version_labels_for_unavailable_models"],
+    )
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("Received signal %d, shutting down", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    try:
+        core.reload_config(initial, still_waiting=lambda: not stopping.is_set())
+    except ServingError as exc:
+        core.stop()
+        raise _StartupError(str(exc)) from exc
+
+    host = os.environ.get("DEPLOYER_MODEL_SERVER_HOST", "127.0.0.1")
+    workers = flags["grpc_max_threads"] or max(8, 4 * (os.cpu_count() or 1))
+    try:
+        grpc_server = start_grpc_server(core, metrics, host, flags["port"], workers)
+    except (OSError, RuntimeError) as exc:
+        core.stop()
+        raise _StartupError(f"cannot listen on {host}:{flags['port']}: {exc}") from exc
+    log.info("Running gRPC ModelServer at %s:%d ...", host, flags["port"])
+    rest_server = None
+    if flags["rest_api_port"]:
+        if flags["rest_api_port"] == flags["port"]:
+            log.error(
+                "--rest_api_port cannot be same as --port. Please use a different port for HTTP/REST API. "
+                "Skipped exporting HTTP/REST API."
+            )
+        else:
+            prometheus = monitoring.prometheus_path if monitoring.prometheus_enable else None
+            api = RestApi(core, metrics, prometheus, flags["rest_api_timeout_in_ms"])
+            try:
+                rest_server = start_rest_server(api, host, flags["rest_api_port"])
+            except OSError as exc:
+                grpc_server.stop(0)
+                core.stop()
+                raise _StartupError(f"cannot listen on {host}:{flags['rest_api_port']}: {exc}") from exc
+            log.info("Exporting HTTP/REST API at:%s:%d ...", host, flags["rest_api_port"])
+
+    poller = None
+    if flags["model_config_file"] and flags["model_config_file_poll_wait_seconds"] > 0:
+        poller = threading.Thread(
+            target=_poll_config_file,
+            args=(core, flags["model_config_file"], flags["model_config_file_poll_wait_seconds"], stopping),
+            name="config-poll",
+            daemon=True,
+        )
+        poller.start()
+
+    while not stopping.wait(1.0):
+        pass
+    grpc_server.stop(grace=2)
+    if rest_server is not None:
+        rest_server.shutdown()
+    core.stop()
+    return 0
+
+
+def _poll_config_file(core: Any, path: str, period: int, stopping: threading.Event) -> None:
+    """--model_config_file_poll_wait_seconds: re-read and ReloadConfig; errors are only logged."""
+    from deployer.model_server.config import read_model_server_config
+    from deployer.model_server.status import ServingError
+
+    while not stopping.wait(period):
+        try:
+            core.reload_config(read_model_server_config(path), still_waiting=lambda: not stopping.is_set())
+        except ServingError as exc:
+            log.error("Failed to reload model config from %s: %s", path, exc)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,365 @@
+"""One loaded model version, loaded and run the way TF Serving's SavedModelBundle does it.
+
+Loading uses the TF1 session loader (``tf.compat.v1.saved_model.loader.load`` into a private Graph and
+Session, tag "serve"), not ``tf.saved_model.load``: a SavedModel the real server cannot load must fail
+here too. A signature is run by feeding and fetching its tensor *names* through a cached
+``session.make_callable``, so a request costs one C++ call.
+
+Classify/Regress/Predict validation follows classifier.cc, regressor.cc and predict_util.cc with
+``--enable_signature_method_name_check=false`` (TF Serving's default), using their messages.
+Warmup follows saved_model_warmup.cc: ``assets.extra/tf_serving_warmup_requests`` (TFRecord of
+PredictionLog, at most 1000 records) is replayed before the version is reported AVAILABLE.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow.core.framework import types_pb2
+from tensorflow_serving.apis import prediction_log_pb2
+
+from deployer.model_server.batching import BatchScheduler
+from deployer.model_server.config import BatchingParameters
+from deployer.model_server.status import ServingError, code_from_number, invalid
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+MAX_WARMUP_RECORDS = 1000
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    name: str
+    dtype: int  # tensorflow DataType enum
+    shape: tuple[int, ...] | None  # None = unknown rank; -1 = unknown dim
+
+
+@dataclass(frozen=True)
+class Signature:
+    key: str
+    method_name: str
+    inputs: dict[str, TensorMeta]
+    outputs: dict[str, TensorMeta]
+    proto: Any
+
+
+def dtype_name(enum: int) -> str:
+    return str(types_pb2.DataType.Name(enum))
+
+
+def shape_string(shape: Sequence[int]) -> str:
+    """TensorShape::DebugString."""
+    return "[" + ",".join(str(d) for d in shape) + "]"
+
+
+def _tensor_meta(info: Any) -> TensorMeta:
+    shape = None if info.tensor_shape.unknown_rank else tuple(d.size for d in info.tensor_shape.dim)
+    return TensorMeta(info.name, int(info.dtype), shape)
+
+
+def _signature_debug_string(proto: Any) -> str:
+    return str(text_format.MessageToString(proto))
+
+
+def map_tf_error(exc: tf.errors.OpError) -> ServingError:
+    """TF runtime errors carry the same canonical code numbers as gRPC."""
+    return ServingError(code_from_number(int(exc.error_code)), str(exc.message))
+
+
+def serialized_examples(input_proto: Any) -> list[bytes]:
+    """util.cc InputToSerializedExampleTensor: Examples as bytes, context bytes prepended."""
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        examples = [e.SerializeToString() for e in input_proto.example_list.examples]
+    elif kind == "example_list_with_context":
+        # Concatenated serialized messages merge: the example's fields extend/override the context.
+        context = input_proto.example_list_with_context.context.SerializeToString()
+        examples = [context + e.SerializeToString() for e in input_proto.example_list_with_context.examples]
+    else:
+        examples = []
+    if not examples:
+        raise invalid("Input is empty.")
+    return examples
+
+
+class _ClassifyPlan:
+    __slots__ = ("fetches", "has_classes", "has_scores", "input_name")
+
+    def __init__(self, input_name: str, fetches: list[str], has_classes: bool, has_scores: bool) -> None:
+        self.input_name = input_name
+        self.fetches = fetches
+        self.has_classes = has_classes
+        self.has_scores = has_scores
+
+
+class Servable:
+    """A SavedModel version in its own tf.compat.v1 Graph and Session."""
+
+    def __init__(
+        self,
+        name: str,
+        version: int,
+        path: str,
+        *,
+        batching: BatchingParameters | None = None,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.path = path
+        self._batching = batching
+        self._graph = tf.Graph()
+        config = tf.compat.v1.ConfigProto(
+            intra_op_parallelism_threads=intra_op_threads, inter_op_parallelism_threads=inter_op_threads
+        )
+        self._session = tf.compat.v1.Session(graph=self._graph, config=config)
+        self._lock = threading.Lock()
+        self._runners: dict[tuple[tuple[str, ...], tuple[str, ...]], Callable[[Sequence[np.ndarray]], list[Any]]] = {}
+        self._schedulers: list[BatchScheduler] = []
+        self._classify_plans: dict[str, _ClassifyPlan] = {}
+        try:
+            with self._graph.as_default():
+                meta_graph = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], path)
+        except tf.errors.OpError as exc:
+            self._session.close()
+            raise map_tf_error(exc) from exc
+        except (OSError, RuntimeError, ValueError) as exc:
+            self._session.close()
+            raise ServingError(grpc.StatusCode.INTERNAL, f"Failed to load SavedModel from {path}: {exc}") from exc
+        self.signature_defs = meta_graph.signature_def
+        self.signatures: dict[str, Signature] = {
+            key: Signature(
+                key,
+                sig.method_name,
+                {alias: _tensor_meta(t) for alias, t in sig.inputs.items()},
+                {alias: _tensor_meta(t) for alias, t in sig.outputs.items()},
+                sig,
+            )
+            for key, sig in meta_graph.signature_def.items()
+        }
+
+    # -- running -------------------------------------------------------------------------------
+
+    def _runner(self, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> Callable[[Sequence[np.ndarray]], list[Any]]:
+        key = (feeds, fetches)
+        runner = self._runners.get(key)
+        if runner is not None:
+            return runner
+        with self._lock:
+            runner = self._runners.get(key)
+            if runner is None:
+                try:
+                    call = self._session.make_callable(list(fetches), feed_list=list(feeds))
+                except (KeyError, ValueError, TypeError) as exc:
+                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+
+                def direct(values: Sequence[np.ndarray], call: Any = call) -> list[Any]:
+                    return list(call(*values))
+
+                runner = direct
+                if self._batching is not None:
+                    scheduler = BatchScheduler(self._batching, direct, f"{self.name}:{self.version}")
+                    self._schedulers.append(scheduler)
+                    runner = scheduler.submit
+                self._runners[key] = runner
+        return runner
+
+    def run(self, feeds: tuple[str, ...], fetches: tuple[str, ...], values: Sequence[np.ndarray]) -> list[Any]:
+        try:
+            return self._runner(feeds, fetches)(values)
+        except tf.errors.OpError as exc:
+            raise map_tf_error(exc) from exc
+
+    # -- signatures ----------------------------------------------------------------------------
+
+    def signature(self, name: str, *, predict: bool = False) -> Signature:
+        key = name or DEFAULT_SIGNATURE
+        sig = self.signatures.get(key)
+        if sig is None:
+            if predict:
+                raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{key}" not found.')
+            raise invalid(f"No signature was found with the name: {key}")
+        return sig
+
+    def _classify_plan(self, name: str) -> _ClassifyPlan:
+        plan = self._classify_plans.get(name)
+        if plan is not None:
+            return plan
+        sig = self.signature(name)
+        proto = sig.proto
+        if len(proto.inputs) != 1:
+            raise invalid("Expected one input Tensor.")
+        if len(proto.outputs) not in (1, 2):
+            raise invalid(f"Expected one or two output Tensors, found {len(proto.outputs)}")
+        if "inputs" not in proto.inputs:
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"No classification inputs found in SignatureDef: {_signature_debug_string(proto)}",
+            )
+        has_classes = "classes" in proto.outputs
+        has_scores = "scores" in proto.outputs
+        if not (has_classes or has_scores):
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                'Expected classification signature outputs to contain at least one of "classes" or "scores". '
+                f"Signature was: {_signature_debug_string(proto)}",
+            )
+        fetches = []
+        if has_classes:
+            fetches.append(proto.outputs["classes"].name)
+        if has_scores:
+            fetches.append(proto.outputs["scores"].name)
+        plan = _ClassifyPlan(proto.inputs["inputs"].name, fetches, has_classes, has_scores)
+        self._classify_plans[name] = plan
+        return plan
+
+    def classify(self, signature_name: str, input_proto: Any) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Returns (classes [B,K] bytes | None, scores [B,K] float32 | None), validated as classifier.cc."""
+        plan = self._classify_plan(signature_name)
+        examples = serialized_examples(input_proto)
+        batch = np.array(examples, dtype=object)
+        outputs = self.run((plan.input_name,), tuple(plan.fetches), (batch,))
+        n = len(examples)
+        classes = outputs[0] if plan.has_classes else None
+        scores = outputs[-1] if plan.has_scores else None
+        for label, tensor, want in (("classes", classes, np.object_), ("scores", scores, np.float32)):
+            if tensor is None:
+                continue
+            if tensor.ndim != 2:
+                raise invalid(f"Expected Tensor shape: [batch_size num_classes] but got {shape_string(tensor.shape)}")
+            if tensor.dtype != want:
+                expected = "DT_STRING" if label == "classes" else "DT_FLOAT"
+                got = dtype_name(tf.dtypes.as_dtype(tensor.dtype).as_datatype_enum)
+                raise invalid(f"Expected {label} Tensor of {expected}. Got: {got}")
+            if tensor.shape[0] != n:
+                raise invalid(f"Expected {label} output batch size of {n}. Got: {tensor.shape[0]}")
+        if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+            raise invalid(
+                f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}"
+            )
+        return classes, scores
+
+    def regress(self, signature_name: str, input_proto: Any) -> np.ndarray:
+        sig = self.signature(signature_name)
+        proto = sig.proto
+        if len(proto.inputs) != 1:
+            raise invalid("Expected one input Tensor.")
+        if len(proto.outputs) != 1:
+            raise invalid("Expected one output Tensor.")
+        if "inputs" not in proto.inputs:
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"No regression inputs found in SignatureDef: {_signature_debug_string(proto)}",
+            )
+        if "outputs" not in proto.outputs:
+            raise ServingError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"No regression outputs found in SignatureDef: {_signature_debug_string(proto)}",
+            )
+        examples = serialized_examples(input_proto)
+        (out,) = self.run(
+            (proto.inputs["inputs"].name,), (proto.outputs["outputs"].name,), (np.array(examples, dtype=object),)
+        )
+        if not (out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)):
+            raise invalid(
+                "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+                f"{shape_string(out.shape)}"
+            )
+        if out.shape[0] != len(examples):
+            raise invalid(f"Input batch size did not match output batch size: {len(examples)} vs. {out.shape[0]}")
+        if out.dtype != np.float32:
+            got = dtype_name(tf.dtypes.as_dtype(out.dtype).as_datatype_enum)
+            raise invalid(f"Expected output Tensor of DT_FLOAT.  Got: {got}")
+        return np.asarray(out).reshape(-1)
+
+    def predict(
+        self, signature_name: str, inputs: dict[str, np.ndarray], output_filter: Sequence[str] = ()
+    ) -> dict[str, np.ndarray]:
+        sig = self.signature(signature_name, predict=True)
+        for alias in inputs:
+            if alias not in sig.inputs:
+                expected = ",".join(sorted(sig.inputs))
+                raise invalid(
+                    f"input tensor alias not found in signature: {alias}. "
+                    f"Inputs expected to be in the set {{{expected}}}."
+                )
+        missing = sorted(set(sig.inputs) - set(inputs))
+        if missing:
+            raise invalid(
+                f"Request inputs do not match required inputs for model `{self.name}`. "
+                f"Send extra: {{}}. Missing but required: {{{','.join(missing)}}}."
+            )
+        aliases = sorted(inputs)
+        values = []
+        for index, alias in enumerate(aliases):
+            value = inputs[alias]
+            want = sig.inputs[alias].dtype
+            got = tf.dtypes.as_dtype(value.dtype).as_datatype_enum if value.dtype != np.object_ else types_pb2.DT_STRING
+            if got != want:
+                # DataTypeString: DT_FLOAT -> "float", as the C++ session reports it.
+                raise invalid(
+                    f"Expects arg[{index}] to be {dtype_name(want)[3:].lower()} but "
+                    f"{dtype_name(got)[3:].lower()} is provided"
+                )
+            values.append(value)
+        seen: set[str] = set()
+        for alias in output_filter:
+            if alias not in sig.outputs:
+                expected = ",".join(sorted(sig.outputs))
+                raise invalid(
+                    f"output tensor alias not found in signature: {alias} Outputs expected to be in the set "
+                    f"{{{expected}}}."
+                )
+            if alias in seen:
+                raise invalid(f"duplicate output tensor alias: {alias}")
+            seen.add(alias)
+        out_aliases = list(output_filter) or sorted(sig.outputs)
+        outputs = self.run(
+            tuple(sig.inputs[a].name for a in aliases), tuple(sig.outputs[a].name for a in out_aliases), values
+        )
+        return {alias: np.asarray(value) for alias, value in zip(out_aliases, outputs, strict=True)}
+
+    # -- warmup --------------------------------------------------------------------------------
+
+    def warmup(self) -> int:
+        """Replay warmup records; any failure fails the load (as in saved_model_warmup.cc)."""
+        path = os.path.join(self.path, WARMUP_FILE)
+        if not os.path.exists(path):
+            return 0
+        records = list(tf.compat.v1.io.tf_record_iterator(path))
+        if len(records) > MAX_WARMUP_RECORDS:
+            raise invalid(f"Number of warmup records exceeeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
+        for raw in records:
+            entry = prediction_log_pb2.PredictionLog()
+            entry.ParseFromString(raw)
+            kind = entry.WhichOneof("log_type")
+            if kind == "classify_log":
+                req = entry.classify_log.request
+                self.classify(req.model_spec.signature_name, req.input)
+            elif kind == "regress_log":
+                req = entry.regress_log.request
+                self.regress(req.model_spec.signature_name, req.input)
+            elif kind == "predict_log":
+                req = entry.predict_log.request
+                arrays = {alias: tf.make_ndarray(t) for alias, t in req.inputs.items()}
+                self.predict(req.model_spec.signature_name, arrays, list(req.output_filter))
+            else:
+                raise invalid(f"Unsupported log_type for warmup: {kind}")
+        return len(records)
+
+    def close(self) -> None:
+        for scheduler in self._schedulers:
+            scheduler.close()
+        self._session.close()

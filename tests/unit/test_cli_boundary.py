@@ -33,9 +33,7 @@ def failing_command() -> Iterator[str]:
     main.commands.pop("boom-for-test")
 
 
-@pytest.mark.parametrize(
-    ("kind", "code"), [("usage", 2), ("runtime", 3), ("health", 4), ("smoke", 5), ("promote", 6)]
-)
+@pytest.mark.parametrize(("kind", "code"), [("usage", 2), ("runtime", 3), ("health", 4), ("smoke", 5), ("promote", 6)])
 def test_deployer_errors_map_to_their_exit_codes(failing_command: str, kind: str, code: int) -> None:
     result = CliRunner().invoke(main, [failing_command, kind])
     assert result.exit_code == code

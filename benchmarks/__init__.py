@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m benchmarks.run GROUP`` updates that group's section of docs/BENCHMARKS.md."""

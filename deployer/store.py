@@ -1,0 +1,303 @@
+"""The versioned base path: ``<base_path>/<version>/`` SavedModels, as TF Serving discovers them.
+
+Only all-digit directory names are versions (TF Serving ignores the rest), so an export is written
+to a hidden temporary directory and renamed to its number once complete: the server, polling the
+base path, never sees a half-written version (tensorflow/serving#1086).
+
+Nothing here imports TensorFlow: SavedModel protos are read through :func:`deployer.protos.tf_proto`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deployer.errors import StoreError, VersionNotFound
+from deployer.manifest import ModelSpec
+from deployer.protos import tf_proto
+
+TEMP_PREFIX = ".tmp-"
+ASSETS_EXTRA = "assets.extra"
+METADATA_FILE = "deployer_metadata.json"
+WARMUP_FILE = "tf_serving_warmup_requests"
+SAVED_MODEL_TAG = "serve"
+CLASSIFY_INPUT = "inputs"
+CLASSIFY_CLASSES = "classes"
+CLASSIFY_SCORES = "scores"
+# Signatures TF writes for its own bookkeeping; not part of the model's API.
+INTERNAL_SIGNATURES = frozenset({"__saved_model_init_op"})
+
+
+class VersionExists(StoreError):
+    """publish() found the version directory already there; the caller may allocate another."""
+
+
+# ---- listing ---------------------------------------------------------------------------------
+def list_versions(base_path: Path) -> list[int]:
+    """Numeric version directories, ascending. Hidden/temporary entries are ignored; no base path → []."""
+    try:
+        entries = list(os.scandir(base_path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise StoreError(f"cannot list {base_path}: {exc.strerror or exc}") from None
+    # isdecimal rather than isdigit: int() rejects superscripts that isdigit accepts.
+    return sorted(int(e.name) for e in entries if e.name.isascii() and e.name.isdecimal() and e.is_dir())
+
+
+def latest_version(base_path: Path) -> int | None:
+    versions = list_versions(base_path)
+    return versions[-1] if versions else None
+
+
+def version_dir(base_path: Path, version: int) -> Path:
+    """The directory of an existing version. Raises VersionNotFound listing the versions there are."""
+    versions = list_versions(base_path)
+    if version not in versions:
+        available = ", ".join(str(v) for v in versions) if versions else "none (run `deployer train`)"
+        raise VersionNotFound(f"version {version} does not exist under {base_path}", hint=f"available: {available}")
+    return base_path / str(version)
+
+
+def resolve_version(base_path: Path, version: int | None) -> tuple[int, Path]:
+    """``version`` or, when None, the latest one. Raises VersionNotFound."""
+    if version is None:
+        latest = latest_version(base_path)
+        if latest is None:
+            raise VersionNotFound(f"no exported versions under {base_path}", hint="run `deployer train -f <manifest>`")
+        version = latest
+    return version, version_dir(base_path, version)
+
+
+# ---- writing ---------------------------------------------------------------------------------
+def allocate_version(base_path: Path, now: float | None = None) -> int:
+    """The next version: Unix time in seconds, or one more than the highest existing version if that is >= it."""
+    candidate = int(time.time() if now is None else now)
+    latest = latest_version(base_path)
+    if latest is not None and latest >= candidate:
+        return latest + 1
+    return candidate
+
+
+def ensure_base_path(base_path: Path) -> None:
+    """Create the base path if needed and prove it is writable. Raises StoreError."""
+    try:
+        base_path.mkdir(parents=True, exist_ok=True)
+        probe = base_path / f"{TEMP_PREFIX}probe-{os.getpid()}"
+        probe.mkdir(exist_ok=True)
+        probe.rmdir()
+    except OSError as exc:
+        raise StoreError(
+            f"base path {base_path} is not writable: {exc.strerror or exc}",
+            hint="fix its permissions or change models[].base_path in the manifest",
+        ) from None
+
+
+def make_temp_dir(base_path: Path, version: int) -> Path:
+    """A hidden directory inside the base path (same filesystem, so the final rename is atomic)."""
+    ensure_base_path(base_path)
+    suffix = os.urandom(4).hex()
+    path = base_path / f"{TEMP_PREFIX}{version}-{os.getpid()}-{suffix}"
+    try:
+        path.mkdir()
+    except OSError as exc:
+        raise StoreError(f"cannot create {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def remove_stale_temp_dirs(base_path: Path, *, older_than_seconds: float = 3600.0) -> list[Path]:
+    """Remove temporary export directories left by killed exports; recent ones may still be in use."""
+    removed: list[Path] = []
+    cutoff = time.time() - older_than_seconds
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(base_path):
+            if entry.name.startswith(TEMP_PREFIX) and entry.is_dir() and entry.stat().st_mtime < cutoff:
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(Path(entry.path))
+    return removed
+
+
+def _fsync_path(path: Path, *, directory: bool) -> None:
+    flags = os.O_RDONLY | (os.O_DIRECTORY if directory else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file, then every directory bottom-up, so the rename publishes durable content."""
+    for dirpath, _dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            _fsync_path(Path(dirpath) / name, directory=False)
+        _fsync_path(Path(dirpath), directory=True)
+
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
+    """rename(2) that fails if ``dst`` exists: plain rename silently replaces an empty directory."""
+    libc_name = ctypes.util.find_library("c")
+    renameat2 = getattr(ctypes.CDLL(libc_name, use_errno=True), "renameat2", None) if libc_name else None
+    if renameat2 is not None:
+        rc = renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL):  # EINVAL: the filesystem lacks RENAME_NOREPLACE
+            raise OSError(err, os.strerror(err), str(dst))
+    # Fallback: check-then-rename has a race window, but a non-empty dst still makes rename fail.
+    if os.path.lexists(dst):
+        raise OSError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
+
+
+def publish(tmp_dir: Path, base_path: Path, version: int) -> Path:
+    """fsync ``tmp_dir`` and atomically rename it to ``<base_path>/<version>``. Never overwrites."""
+    final = base_path / str(version)
+    if tmp_dir.parent.resolve() != base_path.resolve():
+        raise StoreError(f"{tmp_dir} must be inside {base_path} for an atomic rename")
+    try:
+        fsync_tree(tmp_dir)
+        _rename_noreplace(tmp_dir, final)
+        _fsync_path(base_path, directory=True)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise VersionExists(f"version {version} already exists under {base_path}; refusing to overwrite") from None
+        raise StoreError(f"cannot publish version {version} under {base_path}: {exc.strerror or exc}") from None
+    return final
+
+
+# ---- reading ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TensorInfo:
+    name: str
+    dtype: str  # e.g. "DT_STRING"
+    shape: list[int] | None  # -1 for an unknown dimension; None for unknown rank
+    tensor: str  # graph tensor name, e.g. "serving_default_inputs:0"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": self.shape, "tensor": self.tensor}
+
+
+@dataclass(frozen=True)
+class SignatureInfo:
+    name: str
+    method_name: str
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "method_name": self.method_name,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+
+def _tensor_info(name: str, info: Any, dtype_name: Any) -> TensorInfo:
+    shape = None if info.tensor_shape.unknown_rank else [int(d.size) for d in info.tensor_shape.dim]
+    return TensorInfo(name=name, dtype=str(dtype_name(info.dtype)), shape=shape, tensor=str(info.name))
+
+
+def read_signatures(path: Path, *, tag: str = SAVED_MODEL_TAG) -> dict[str, SignatureInfo]:
+    """The signatures of the ``tag`` meta graph in ``<path>/saved_model.pb``. Raises StoreError."""
+    saved_model_pb2 = tf_proto("tensorflow.core.protobuf.saved_model_pb2")
+    types_pb2 = tf_proto("tensorflow.core.framework.types_pb2")
+    pb = path / "saved_model.pb"
+    try:
+        data = pb.read_bytes()
+    except FileNotFoundError:
+        raise StoreError(f"{path} is not a SavedModel: saved_model.pb is missing") from None
+    except OSError as exc:
+        raise StoreError(f"cannot read {pb}: {exc.strerror or exc}") from None
+    saved_model = saved_model_pb2.SavedModel()
+    try:
+        saved_model.ParseFromString(data)
+    except Exception:  # protobuf raises DecodeError, a private subclass tree
+        raise StoreError(f"{pb} is corrupt: it does not parse as a SavedModel") from None
+    for meta_graph in saved_model.meta_graphs:
+        if tag in meta_graph.meta_info_def.tags:
+            signatures: dict[str, SignatureInfo] = {}
+            for sig_name in sorted(meta_graph.signature_def):
+                sig = meta_graph.signature_def[sig_name]
+                signatures[sig_name] = SignatureInfo(
+                    name=sig_name,
+                    method_name=sig.method_name,
+                    inputs=[_tensor_info(k, sig.inputs[k], types_pb2.DataType.Name) for k in sorted(sig.inputs)],
+                    outputs=[_tensor_info(k, sig.outputs[k], types_pb2.DataType.Name) for k in sorted(sig.outputs)],
+                )
+            return signatures
+    raise StoreError(f"{pb} has no meta graph tagged {tag!r}")
+
+
+def _check_classify_contract(sig: SignatureInfo, n_classes: int) -> None:
+    where = f"signature {sig.name!r}"
+    inputs = {t.name: t for t in sig.inputs}
+    if list(inputs) != [CLASSIFY_INPUT]:
+        raise StoreError(f"{where}: expected exactly one input {CLASSIFY_INPUT!r}, found {sorted(inputs)}")
+    inp = inputs[CLASSIFY_INPUT]
+    if inp.dtype != "DT_STRING" or inp.shape is None or len(inp.shape) != 1:
+        raise StoreError(f"{where}: input {CLASSIFY_INPUT!r} must be rank-1 DT_STRING, is {inp.dtype} {inp.shape}")
+    outputs = {t.name: t for t in sig.outputs}
+    if sorted(outputs) != sorted([CLASSIFY_CLASSES, CLASSIFY_SCORES]):
+        raise StoreError(
+            f"{where}: expected outputs {CLASSIFY_CLASSES!r} and {CLASSIFY_SCORES!r}, found {sorted(outputs)}"
+        )
+    for name, dtype in ((CLASSIFY_CLASSES, "DT_STRING"), (CLASSIFY_SCORES, "DT_FLOAT")):
+        out = outputs[name]
+        if out.dtype != dtype:
+            raise StoreError(f"{where}: output {name!r} must be {dtype}, is {out.dtype}")
+        if out.shape is None or len(out.shape) != 2 or out.shape[0] != -1:
+            raise StoreError(f"{where}: output {name!r} must have shape [-1, {n_classes}], is {out.shape}")
+        if out.shape[1] != n_classes:
+            raise StoreError(
+                f"{where}: output {name!r} has {out.shape[1]} columns, the manifest lists {n_classes} classes"
+            )
+
+
+def validate_version(path: Path, model: ModelSpec) -> None:
+    """Check ``path`` is a complete SavedModel whose signature meets TF Serving's Classify contract.
+
+    No TensorFlow import. Raises StoreError naming the first problem found.
+    """
+    if not path.is_dir():
+        raise StoreError(f"{path} is not a directory")
+    variables = path / "variables"
+    if not (variables / "variables.index").is_file():
+        raise StoreError(f"{path} is incomplete: variables/variables.index is missing")
+    if not any(variables.glob("variables.data-*-of-*")):
+        raise StoreError(f"{path} is incomplete: no variables/variables.data-* shard")
+    signatures = read_signatures(path)
+    sig = signatures.get(model.signature_name)
+    if sig is None:
+        public = sorted(set(signatures) - INTERNAL_SIGNATURES)
+        raise StoreError(f"{path}: no signature {model.signature_name!r} (has: {', '.join(public) or 'none'})")
+    _check_classify_contract(sig, len(model.classes))
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """``<version>/assets.extra/deployer_metadata.json``, or {} when absent. Raises StoreError if corrupt."""
+    file = path / ASSETS_EXTRA / METADATA_FILE
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"cannot read {file}: {exc}") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"{file}: expected a JSON object")
+    return data

@@ -1,0 +1,107 @@
+"""The trainer contract, and loading a manifest's ``module:function`` trainer.
+
+A trainer is a plain function named in the manifest (``trainer: models.iris.trainer:train``),
+imported with the manifest's ``project_root`` on ``sys.path``::
+
+    def train(context: TrainContext) -> TrainResult: ...
+
+It must return a :class:`TrainResult` whose ``model`` is a Keras model that maps a float32 tensor
+``[batch, len(context.feature_names)]`` (columns in ``context.feature_names`` order, i.e. the
+manifest's feature order) to class probabilities ``[batch, len(context.classes)]`` (columns in
+``context.classes`` order). The trainer never exports: :mod:`deployer.export` wraps the model in TF
+Serving's Classify signature (``tf.Example`` parsing, class labels, softmax scores) so every model
+gets the same serving contract.
+
+This module does not import TensorFlow; the trainer module usually does.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deployer.errors import TrainerError
+from deployer.manifest import Manifest, ModelSpec
+
+DEFAULT_SEED = 42
+
+
+@dataclass(frozen=True)
+class TrainContext:
+    """What deployer hands a trainer."""
+
+    model_name: str
+    feature_names: list[str]
+    classes: list[str]
+    project_root: Path
+    seed: int = DEFAULT_SEED
+
+
+@dataclass
+class TrainResult:
+    """What a trainer returns.
+
+    ``model``: a Keras model, float32 ``[B, n_features]`` → probabilities ``[B, n_classes]``.
+    ``metrics``: held-out metrics, at least ``accuracy``; stored in the version's metadata.
+    ``data_hash``: sha256 (hex) of the training data, for provenance.
+    ``extra``: anything else worth keeping in the metadata (split sizes, epochs, ...).
+    """
+
+    model: Any
+    metrics: dict[str, float]
+    data_hash: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+Trainer = Callable[[TrainContext], TrainResult]
+
+
+def context_for(manifest: Manifest, model: ModelSpec, *, seed: int = DEFAULT_SEED) -> TrainContext:
+    return TrainContext(
+        model_name=model.name,
+        feature_names=model.feature_names,
+        classes=list(model.classes),
+        project_root=manifest.root,
+        seed=seed,
+    )
+
+
+def load_trainer(manifest: Manifest, model: ModelSpec) -> Trainer:
+    """Import ``module:function`` with the project root on sys.path. Raises TrainerError."""
+    module_name, _, function_name = model.trainer.partition(":")
+    root = str(manifest.root)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise TrainerError(
+            f"trainer {model.trainer!r}: cannot import module {module_name!r} ({exc})",
+            hint=f"the module is imported with the project root {root} on sys.path",
+        ) from None
+    except Exception as exc:  # the trainer's own import-time failure, whatever it is
+        raise TrainerError(
+            f"trainer {model.trainer!r}: importing {module_name!r} failed: {type(exc).__name__}: {exc}"
+        ) from None
+    function = getattr(module, function_name, None)
+    if function is None:
+        raise TrainerError(f"trainer {model.trainer!r}: module {module_name!r} has no attribute {function_name!r}")
+    if not callable(function):
+        raise TrainerError(f"trainer {model.trainer!r}: {function_name!r} is not callable")
+    trainer: Trainer = function
+    return trainer
+
+
+def run_trainer(manifest: Manifest, model: ModelSpec, *, seed: int = DEFAULT_SEED) -> TrainResult:
+    """Load and call the trainer; check it kept the contract."""
+    trainer = load_trainer(manifest, model)
+    result = trainer(context_for(manifest, model, seed=seed))
+    if not isinstance(result, TrainResult):
+        raise TrainerError(
+            f"trainer {model.trainer!r} returned {type(result).__name__}, expected deployer.trainer.TrainResult"
+        )
+    return result

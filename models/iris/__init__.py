@@ -1,0 +1,1 @@
+"""The iris classifier: a Keras equivalent of TF's classic DNNClassifier example."""

@@ -1,0 +1,209 @@
+"""`deployer promote`, `deployer rollback`, `deployer history`: thin wrappers over deployer.promote/ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from deployer import console
+from deployer.commands.options import json_option, manifest_option, model_option
+from deployer.ledger import Ledger
+from deployer.manifest import load_manifest
+from deployer.promote import PromoteReport, PromotionFailed
+from deployer.state import StateDir
+
+label_option = click.option("--label", default=None, help="The label to move (default: the model's first label).")
+no_wait_option = click.option(
+    "--no-wait", is_flag=True, help="Fail at once (exit 6) if another promotion of this project is running."
+)
+max_delta_option = click.option(
+    "--max-score-delta",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Fail if any smoke case's class score moves by more than X versus the label's current version.",
+)
+
+
+def _show(report: PromoteReport) -> None:
+    if report.noop:
+        console.info(f"[green]nothing to do:[/] {report.reason}")
+        return
+    if report.diff:
+        console.table(
+            f"{report.model}: {report.label} version {report.from_version} vs candidate {report.to_version}",
+            ["case", f"v{report.from_version}", f"v{report.to_version}", "score Δ", "changed"],
+            [
+                (d.name, d.current_class, d.candidate_class, f"{d.score_delta:.4f}", "yes" if d.class_changed else "")
+                for d in report.diff
+            ],
+        )
+    verb = "rolled back" if report.kind == "rollback" else "promoted"
+    total = report.durations.get("total", 0.0)
+    kept = ", ".join(str(v) for v in report.versions_loaded)
+    console.info(
+        f"[green]{verb}:[/] {report.model} {report.label} {report.from_version} → {report.to_version}"
+        f" in {total:.1f}s (loaded versions: {kept})"
+    )
+
+
+def _run(as_json: bool, action: Callable[[Callable[[str], None]], PromoteReport]) -> None:
+    progress: Callable[[str], None] = console.info
+    try:
+        report = action(progress)
+    except PromotionFailed as exc:
+        if as_json:
+            console.emit_json(exc.report.to_json())
+        raise
+    if as_json:
+        console.emit_json(report.to_json())
+    else:
+        _show(report)
+
+
+@click.command()
+@click.argument("version", type=click.IntRange(min=0))
+@manifest_option
+@model_option
+@label_option
+@max_delta_option
+@no_wait_option
+@json_option
+def promote(
+    version: int,
+    manifest_path: str,
+    model_name: str | None,
+    label: str | None,
+    max_score_delta: float | None,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Move a label to VERSION: load beside the current one, smoke-test and diff, switch, unload.
+
+    Any failure restores the previous config (file and server) and exits 6.
+    """
+    from deployer import orchestrate
+    from deployer import promote as promotion
+
+    manifest = load_manifest(manifest_path)
+    _, _, client = orchestrate.connect(manifest)
+    with client:
+        _run(
+            as_json,
+            lambda progress: promotion.promote(
+                manifest,
+                client,
+                version,
+                model_name=model_name,
+                label=label,
+                max_score_delta=max_score_delta,
+                wait=not no_wait,
+                progress=progress,
+            ),
+        )
+
+
+@click.command()
+@manifest_option
+@model_option
+@label_option
+@click.option("--to", "to_version", type=click.IntRange(min=0), default=None, help="Roll back to this version.")
+@max_delta_option
+@no_wait_option
+@json_option
+def rollback(
+    manifest_path: str,
+    model_name: str | None,
+    label: str | None,
+    to_version: int | None,
+    max_score_delta: float | None,
+    no_wait: bool,
+    as_json: bool,
+) -> None:
+    """Move a label back to its previous version (from the history), or --to VERSION, through the same checks."""
+    from deployer import orchestrate
+    from deployer import promote as promotion
+
+    manifest = load_manifest(manifest_path)
+    _, _, client = orchestrate.connect(manifest)
+    with client:
+        _run(
+            as_json,
+            lambda progress: promotion.rollback(
+                manifest,
+                client,
+                model_name=model_name,
+                label=label,
+                to=to_version,
+                max_score_delta=max_score_delta,
+                wait=not no_wait,
+                progress=progress,
+            ),
+        )
+
+
+def _smoke_text(smoke: dict[str, object]) -> str:
+    if not smoke:
+        return ""
+    parts = []
+    if "passed" in smoke:
+        failed = smoke.get("failed_cases") or []
+        parts.append("passed" if smoke["passed"] else f"failed {failed}")
+    if "class_changes" in smoke:
+        parts.append(f"{smoke['class_changes']} class change(s), max Δ {smoke.get('max_score_delta')}")
+    return "; ".join(parts)
+
+
+@click.command()
+@manifest_option
+@model_option
+@label_option
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the newest N entries.")
+@json_option
+def history(manifest_path: str, model_name: str | None, label: str | None, limit: int | None, as_json: bool) -> None:
+    """The promotion history of this project: who moved which label from where to where, and how it went."""
+    manifest = load_manifest(manifest_path)
+    state = StateDir(manifest.state_path)
+    read = Ledger(state.ledger).read()
+    entries = [
+        e for e in read.entries if (model_name is None or e.model == model_name) and (label is None or e.label == label)
+    ]
+    if limit is not None:
+        entries = entries[-limit:]
+    if as_json:
+        console.emit_json(
+            {
+                "project": manifest.project,
+                "ledger": str(state.ledger),
+                "entries": [e.to_json() for e in entries],
+                "skipped_lines": read.skipped_lines,
+            }
+        )
+        return
+    if read.skipped_lines:
+        console.info(f"[yellow]warning:[/] skipped unreadable ledger line(s) {read.skipped_lines} in {state.ledger}")
+    if not entries:
+        console.info(f"no promotions recorded for {manifest.project} ({state.ledger})")
+        return
+    console.table(
+        f"promotion history of {manifest.project}",
+        ["time (UTC)", "user", "kind", "model", "label", "from → to", "result", "smoke", "total s", "reason"],
+        [
+            (
+                e.iso_time,
+                e.user,
+                e.kind,
+                e.model,
+                e.label,
+                f"{e.from_version} → {e.to_version}",
+                e.result,
+                _smoke_text(e.smoke),
+                f"{e.durations.get('total', 0.0):.1f}",
+                e.reason,
+            )
+            for e in entries
+        ],
+    )
+
+
+COMMANDS = [promote, rollback, history]

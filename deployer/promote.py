@@ -1,0 +1,641 @@
+"""Verified label promotion and rollback on a running TF Serving (or compatible) server.
+
+TF Serving refuses to move an existing label to a version that is not AVAILABLE yet
+(``ServerCore::UpdateModelVersionLabelMap``), so a promotion is a sequence of declarative reloads,
+each one legal on the real server:
+
+  1. load:   versions = current ∪ {candidate}, labels unchanged; wait until the candidate is AVAILABLE.
+  2. check:  smoke-test the candidate by version, diff its answers against the label's current ones.
+  3. switch: move the label; verify that a Classify through the label echoes the candidate.
+  4. trim:   unload versions nothing wants (the previous one stays if ``keep_previous``; labelled ones stay).
+
+The rendered models.config in the state directory is the deployment's truth: it is written
+atomically *before* each reload, so a server restarted at any moment comes back in a state the
+server accepted or was about to accept. On any failure the previous file is written back and
+reloaded; the label only ever points at a version that is loaded.
+
+This module never prints: progress goes through a callback and the outcome is a PromoteReport
+(or a PromotionFailed carrying one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+from filelock import FileLock, Timeout
+
+from deployer import health, smoke, store
+from deployer.client import ServingClient
+from deployer.errors import DeployerError, PromoteFailed, StoreError, UsageError, VersionNotFound
+from deployer.ledger import Kind, Ledger, LedgerEntry, Result, current_user, last_successful
+from deployer.manifest import Manifest, ModelSpec
+from deployer.server_config import ServedModel, parse_models_config, render_models_config
+from deployer.state import StateDir, write_atomic
+
+ProgressFn = Callable[[str], None]
+
+# After the label moves, the echo check retries briefly: a server may apply the label map a moment
+# after the reload RPC returns. The real server applies it synchronously, so this rarely loops.
+_VERIFY_POLL_S = 0.05
+
+
+def _no_progress(message: str) -> None:
+    del message
+
+
+@dataclass(frozen=True)
+class CaseDiff:
+    """One smoke case answered by the label's current version and by the candidate."""
+
+    name: str
+    current_class: str
+    candidate_class: str
+    # The largest absolute change of any class's score: bounded in [0, 1] and independent of which
+    # class wins, so a shift that does not (yet) flip the answer still shows.
+    score_delta: float
+
+    @property
+    def class_changed(self) -> bool:
+        return self.current_class != self.candidate_class
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "current_class": self.current_class,
+            "candidate_class": self.candidate_class,
+            "class_changed": self.class_changed,
+            "score_delta": round(self.score_delta, 6),
+        }
+
+
+@dataclass
+class PromoteReport:
+    project: str
+    model: str
+    label: str
+    kind: Kind
+    from_version: int | None
+    to_version: int
+    result: Result = "ok"
+    noop: bool = False
+    reason: str = ""
+    smoke: dict[str, Any] | None = None
+    diff: list[CaseDiff] = field(default_factory=list)
+    max_score_delta: float | None = None  # the limit asked for (None: report only)
+    versions_loaded: tuple[int, ...] = ()
+    versions_unloaded: tuple[int, ...] = ()
+    durations: dict[str, float] = field(default_factory=dict)
+    restore_error: str | None = None
+
+    @property
+    def class_changes(self) -> int:
+        return sum(1 for d in self.diff if d.class_changed)
+
+    @property
+    def largest_score_delta(self) -> float | None:
+        return max((d.score_delta for d in self.diff), default=None)
+
+    def smoke_summary(self) -> dict[str, Any]:
+        """What the ledger keeps of the checks: enough to answer "why did this pass/fail" later."""
+        summary: dict[str, Any] = {}
+        if self.smoke is not None:
+            cases = self.smoke.get("cases", [])
+            summary["passed"] = bool(self.smoke.get("passed"))
+            summary["cases"] = len(cases)
+            summary["failed_cases"] = [c.get("name") for c in cases if not c.get("passed")]
+        if self.diff:
+            summary["class_changes"] = self.class_changes
+            summary["max_score_delta"] = round(self.largest_score_delta or 0.0, 6)
+        return summary
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "model": self.model,
+            "label": self.label,
+            "kind": self.kind,
+            "from": self.from_version,
+            "to": self.to_version,
+            "result": self.result,
+            "noop": self.noop,
+            "reason": self.reason,
+            "smoke": self.smoke,
+            "diff": [d.to_json() for d in self.diff],
+            "class_changes": self.class_changes,
+            "max_score_delta": self.largest_score_delta,
+            "max_score_delta_limit": self.max_score_delta,
+            "versions_loaded": list(self.versions_loaded),
+            "versions_unloaded": list(self.versions_unloaded),
+            "durations": {k: round(v, 3) for k, v in self.durations.items()},
+            "restore_error": self.restore_error,
+        }
+
+
+class PromotionFailed(PromoteFailed):
+    """A PromoteFailed that carries the report (for --json), with the previous state restored."""
+
+    def __init__(self, message: str, report: PromoteReport, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.report = report
+
+
+class _StepFailed(Exception):
+    """Internal: a check failed with a reason meant for the user (not a server/transport error)."""
+
+
+# ---- the promotion lock -------------------------------------------------------------------------
+
+
+def _owner_file(state: StateDir) -> Path:
+    # filelock truncates the lock file on open, so the holder's identity lives beside it.
+    return state.promote_lock.with_name(state.promote_lock.name + ".owner")
+
+
+def _describe_owner(state: StateDir) -> str:
+    try:
+        data = json.loads(_owner_file(state).read_text(encoding="utf-8"))
+        return f" (pid {int(data['pid'])})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+
+
+@contextmanager
+def promotion_lock(state: StateDir, project: str, *, wait: bool, progress: ProgressFn) -> Iterator[float]:
+    """Serialize promotions of one state directory; yields the seconds spent waiting."""
+    state.ensure()
+    # thread_local=False: the lock belongs to the promotion, not to whichever thread acquired it.
+    lock = FileLock(str(state.promote_lock), thread_local=False)
+    started = time.monotonic()
+    try:
+        lock.acquire(blocking=False)
+    except Timeout:
+        holder = _describe_owner(state)
+        if not wait:
+            raise PromoteFailed(
+                f"another promotion of {project} is running{holder}",
+                hint="retry when it has finished, or drop --no-wait to queue behind it",
+            ) from None
+        progress(f"waiting for another promotion of {project}{holder}…")
+        lock.acquire()
+    waited = time.monotonic() - started
+    try:
+        write_atomic(_owner_file(state), json.dumps({"pid": os.getpid(), "user": current_user(), "since": time.time()}))
+        yield waited
+    finally:
+        _owner_file(state).unlink(missing_ok=True)
+        lock.release()
+
+
+# ---- validation -----------------------------------------------------------------------------------
+
+
+def validate_candidate(manifest: Manifest, spec: ModelSpec, version: int) -> Path:
+    """The candidate's directory, checked without the server. Missing → VersionNotFound (exit 2);
+    present but unusable → StoreError (the caller turns it into a refused promotion)."""
+    path = store.version_dir(manifest.base_path(spec), version)
+    store.validate_version(path, spec)
+    return path
+
+
+def _resolve_label(spec: ModelSpec, label: str | None) -> str:
+    if label is None:
+        return spec.primary_label
+    if label not in spec.labels:
+        raise UsageError(
+            f"model {spec.name} has no label {label!r} in the manifest", hint="labels: " + ", ".join(spec.labels)
+        )
+    return label
+
+
+# ---- the algorithm --------------------------------------------------------------------------------
+
+
+class _Promotion:
+    def __init__(
+        self,
+        manifest: Manifest,
+        spec: ModelSpec,
+        client: ServingClient,
+        label: str,
+        kind: Kind,
+        *,
+        max_score_delta: float | None,
+        progress: ProgressFn,
+        clock: Callable[[], float],
+        sleep: Callable[[float], None],
+    ) -> None:
+        self.manifest = manifest
+        self.spec = spec
+        self.client = client
+        self.label = label
+        self.kind: Kind = kind
+        self.max_score_delta = max_score_delta
+        self.progress = progress
+        self.clock = clock
+        self.sleep = sleep
+        self.state = StateDir(manifest.state_path)
+        self.ledger = Ledger(self.state.ledger)
+        self.started = clock()
+        self.durations: dict[str, float] = {}
+        self.touched = False
+
+    # -- helpers
+    def _served(self) -> tuple[str, list[ServedModel], ServedModel]:
+        text = self.state.read_models_config()
+        if text is None:
+            raise PromoteFailed(
+                f"nothing is deployed for {self.manifest.project}: no {self.state.models_config}",
+                hint=f"run `deployer up -f {self.manifest.source or 'MANIFEST'}` first",
+            )
+        served = parse_models_config(text)
+        for entry in served:
+            if entry.name == self.spec.name:
+                return text, served, entry
+        raise PromoteFailed(
+            f"model {self.spec.name} is not in the deployed config {self.state.models_config}",
+            hint="run `deployer up` to deploy the manifest's models",
+        )
+
+    def _apply(self, served: list[ServedModel], entry: ServedModel) -> str:
+        """Write the file first (the truth survives a crash here), then ask the server to match it."""
+        models = [entry if m.name == entry.name else m for m in served]
+        text = render_models_config(models)
+        self.touched = True
+        try:
+            write_atomic(self.state.models_config, text)
+        except OSError as exc:
+            raise PromoteFailed(f"cannot write {self.state.models_config}: {exc.strerror or exc}") from None
+        self.client.reload_config(text, timeout=self.manifest.server.reload_deadline_seconds)
+        return text
+
+    def _restore(self, old_text: str) -> str | None:
+        """Put back the file and the server's config; returns what went wrong, if anything."""
+        problems = []
+        try:
+            write_atomic(self.state.models_config, old_text)
+        except OSError as exc:
+            problems.append(f"writing {self.state.models_config}: {exc}")
+        try:
+            self.client.reload_config(old_text, timeout=self.manifest.server.reload_deadline_seconds)
+        except DeployerError as exc:
+            problems.append(f"reloading the previous config: {exc.message}")
+        return "; ".join(problems) or None
+
+    def _timed(self, phase: str, since: float) -> None:
+        self.durations[phase] = self.clock() - since
+
+    def _probe_example(self) -> dict[str, float]:
+        if self.spec.smoke:
+            return dict(self.spec.smoke[0].features)
+        return {name: 0.0 for name in self.spec.feature_names}
+
+    def _diff(self, current: int, candidate: int) -> list[CaseDiff]:
+        if not self.spec.smoke:
+            return []
+        examples = [dict(case.features) for case in self.spec.smoke]
+        model, sig = self.spec.name, self.spec.signature_name
+        now = self.client.classify(model, examples, label=self.label, signature_name=sig)
+        new = self.client.classify(model, examples, version=candidate, signature_name=sig)
+        diffs = []
+        for index, case in enumerate(self.spec.smoke):
+            before, after = dict(now.results[index]), dict(new.results[index])
+            delta = max((abs(before.get(c, 0.0) - after.get(c, 0.0)) for c in set(before) | set(after)), default=0.0)
+            diffs.append(
+                CaseDiff(
+                    name=smoke.case_name(case, index),
+                    current_class=now.top(index)[0],
+                    candidate_class=new.top(index)[0],
+                    score_delta=delta,
+                )
+            )
+        return diffs
+
+    def _verify_label(self, candidate: int) -> None:
+        deadline = self.clock() + self.manifest.server.reload_deadline_seconds
+        example = self._probe_example()
+        while True:
+            answer = self.client.classify(
+                self.spec.name, [example], label=self.label, signature_name=self.spec.signature_name
+            )
+            if answer.version == candidate:
+                return
+            if self.clock() >= deadline:
+                raise _StepFailed(
+                    f"after the reload, label {self.label} still answers with version {answer.version}, not {candidate}"
+                )
+            self.sleep(_VERIFY_POLL_S)
+
+    def _record(self, report: PromoteReport) -> None:
+        report.durations = dict(self.durations)
+        self.ledger.append(
+            LedgerEntry(
+                time=time.time(),
+                user=current_user(),
+                project=self.manifest.project,
+                model=report.model,
+                label=report.label,
+                kind=report.kind,
+                from_version=report.from_version,
+                to_version=report.to_version,
+                result=report.result,
+                reason=report.reason,
+                smoke=report.smoke_summary(),
+                durations=report.durations,
+                pid=os.getpid(),
+            )
+        )
+
+    # -- the phases
+    def run(self, candidate: int) -> PromoteReport:
+        old_text, served, entry = self._served()
+        current = entry.labels.get(self.label)
+        report = PromoteReport(
+            project=self.manifest.project,
+            model=self.spec.name,
+            label=self.label,
+            kind=self.kind,
+            from_version=current,
+            to_version=candidate,
+            max_score_delta=self.max_score_delta,
+            versions_loaded=entry.versions,
+        )
+        if current == candidate:
+            report.noop = True
+            report.reason = f"label {self.label} already points at version {candidate}; nothing to do"
+            self._timed("total", self.started)
+            report.durations = dict(self.durations)
+            return report
+        try:
+            self._phases(report, served, entry, current, candidate)
+        except BaseException as exc:
+            reason = exc.message if isinstance(exc, DeployerError) else str(exc) or type(exc).__name__
+            if isinstance(exc, KeyboardInterrupt):
+                reason = "interrupted"
+            restore_error = self._restore(old_text) if self.touched else None
+            report.restore_error = restore_error
+            report.result = "rolled_back" if self.touched and restore_error is None else "failed"
+            report.reason = reason
+            report.versions_loaded = entry.versions if restore_error is None else report.versions_loaded
+            self._timed("total", self.started)
+            self._record(report)
+            if not isinstance(exc, (DeployerError, _StepFailed)):
+                raise
+            message = f"{self.kind} of {self.spec.name} {self.label} → v{candidate} failed: {reason}"
+            if restore_error is not None:
+                message += f"; restoring the previous config also failed ({restore_error})"
+                hint = f"the file {self.state.models_config} holds the previous config; `deployer up` re-applies it"
+            elif self.touched:
+                hint = f"label {self.label} still points at version {current}; the previous config is restored"
+            else:
+                hint = "the server was not changed"
+            raise PromotionFailed(message, report, hint=hint) from None
+        self._timed("total", self.started)
+        self._record(report)
+        return report
+
+    def _phases(
+        self, report: PromoteReport, served: list[ServedModel], entry: ServedModel, current: int | None, candidate: int
+    ) -> None:
+        model = self.spec.name
+        server = self.manifest.server
+
+        # Phase 1: the candidate loads beside the current version; the label does not move.
+        since = self.clock()
+        loading = replace(entry, versions=tuple(sorted({*entry.versions, candidate})))
+        if loading.versions != entry.versions:
+            self.progress(f"phase 1/3: loading version {candidate} beside {list(entry.versions)} (label unchanged)")
+            self._apply(served, loading)
+            served = [loading if m.name == model else m for m in served]
+        else:
+            self.progress(f"phase 1/3: version {candidate} is already loaded")
+        health.wait_versions_available(
+            self.client,
+            model,
+            [candidate],
+            deadline_s=server.health_deadline_seconds,
+            clock=self.clock,
+            sleep=self.sleep,
+        )
+        report.versions_loaded = loading.versions
+        self._timed("load", since)
+        self.progress(f"version {candidate} is AVAILABLE ({self.durations['load']:.1f}s)")
+
+        # Checks: the candidate by version must pass the smoke set; its answers are diffed against the label's.
+        since = self.clock()
+        verdict = smoke.run_smoke(self.client, self.spec, version=candidate)
+        report.smoke = verdict.to_json()
+        if current is not None:
+            report.diff = self._diff(current, candidate)
+        self._timed("smoke", since)
+        if not verdict.passed:
+            first = verdict.failures[0]
+            raise _StepFailed(
+                f"version {candidate} failed {len(verdict.failures)} of {len(verdict.cases)} smoke case(s);"
+                f" {first.name}: {first.reason}"
+            )
+        self.progress(
+            f"smoke: version {candidate} passed {len(verdict.cases)} case(s); vs {self.label}"
+            f" (version {current}): {report.class_changes} class change(s),"
+            f" max score delta {report.largest_score_delta or 0.0:.4f}"
+        )
+        if self.max_score_delta is not None:
+            over = [d for d in report.diff if d.score_delta > self.max_score_delta]
+            if over:
+                worst = max(over, key=lambda d: d.score_delta)
+                raise _StepFailed(
+                    f"score delta {worst.score_delta:.4f} on case {worst.name!r} exceeds --max-score-delta"
+                    f" {self.max_score_delta:g} ({len(over)} case(s) over)"
+                )
+
+        # Phase 2: the label moves; legal now that the candidate is AVAILABLE.
+        since = self.clock()
+        self.progress(f"phase 2/3: moving {self.label} {current} → {candidate}")
+        switched = replace(loading, labels={**loading.labels, self.label: candidate})
+        self._apply(served, switched)
+        served = [switched if m.name == model else m for m in served]
+        self._verify_label(candidate)
+        self._timed("switch", since)
+        self.durations["to_switch"] = self.clock() - self.started
+        self.progress(f"{self.label} answers with version {candidate}")
+
+        # Phase 3: unload what nothing wants any more. Labelled versions always stay.
+        since = self.clock()
+        keep = {candidate, *switched.labels.values()}
+        if current is not None and self.spec.version_policy.keep_previous:
+            keep.add(current)
+        trimmed = replace(switched, versions=tuple(v for v in switched.versions if v in keep))
+        unloaded = tuple(v for v in switched.versions if v not in keep)
+        if unloaded:
+            self.progress(f"phase 3/3: unloading version(s) {list(unloaded)}")
+            self._apply(served, trimmed)
+        else:
+            kept = f" (keeping version {current} for a fast rollback)" if current in keep else ""
+            self.progress(f"phase 3/3: nothing to unload{kept}")
+        report.versions_loaded = trimmed.versions
+        report.versions_unloaded = unloaded
+        self._timed("unload", since)
+
+
+# ---- entry points ---------------------------------------------------------------------------------
+
+
+def _validate_or_refuse(manifest: Manifest, spec: ModelSpec, label: str, kind: Kind, version: int) -> None:
+    try:
+        validate_candidate(manifest, spec, version)
+    except VersionNotFound:
+        # A typo, not a deployment event: exit 2 and no ledger line.
+        raise
+    except StoreError as exc:
+        _refused(manifest, spec, label, kind, version, exc)
+
+
+def _refused(manifest: Manifest, spec: ModelSpec, label: str, kind: Kind, version: int, exc: StoreError) -> NoReturn:
+    """A candidate that is unusable on disk: recorded as failed, the server never touched."""
+    state = StateDir(manifest.state_path)
+    current: int | None = None
+    try:
+        text = state.read_models_config()
+        if text is not None:
+            current = next((m.labels.get(label) for m in parse_models_config(text) if m.name == spec.name), None)
+    except DeployerError:
+        current = None
+    report = PromoteReport(
+        project=manifest.project,
+        model=spec.name,
+        label=label,
+        kind=kind,
+        from_version=current,
+        to_version=version,
+        result="failed",
+        reason=f"refused: {exc.message}",
+    )
+    Ledger(state.ledger).append(
+        LedgerEntry(
+            time=time.time(),
+            user=current_user(),
+            project=manifest.project,
+            model=spec.name,
+            label=label,
+            kind=kind,
+            from_version=current,
+            to_version=version,
+            result="failed",
+            reason=report.reason,
+            pid=os.getpid(),
+        )
+    )
+    raise PromotionFailed(
+        f"version {version} of {spec.name} is refused: {exc.message}",
+        report,
+        hint=exc.hint or "the server was not changed; fix or re-export the version",
+    )
+
+
+def promote(
+    manifest: Manifest,
+    client: ServingClient,
+    version: int,
+    *,
+    model_name: str | None = None,
+    label: str | None = None,
+    max_score_delta: float | None = None,
+    wait: bool = True,
+    progress: ProgressFn = _no_progress,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PromoteReport:
+    """Move ``label`` (default: the model's first label) to ``version`` through the verified phases."""
+    spec = manifest.model(model_name)
+    label = _resolve_label(spec, label)
+    started = clock()
+    # Before the lock: a missing or broken version fails at once instead of queueing behind another promotion.
+    _validate_or_refuse(manifest, spec, label, "promote", version)
+    validated = clock() - started
+    return _execute(
+        manifest, spec, client, label, "promote", lambda _entries, _current: version,
+        validated=validated, max_score_delta=max_score_delta, wait=wait, progress=progress, clock=clock, sleep=sleep,
+    )  # fmt: skip
+
+
+def rollback(
+    manifest: Manifest,
+    client: ServingClient,
+    *,
+    model_name: str | None = None,
+    label: str | None = None,
+    to: int | None = None,
+    max_score_delta: float | None = None,
+    wait: bool = True,
+    progress: ProgressFn = _no_progress,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> PromoteReport:
+    """Move ``label`` back to its previous version (from the ledger) or to ``to``, via the same phases."""
+    spec = manifest.model(model_name)
+    label = _resolve_label(spec, label)
+
+    def target(entries: list[LedgerEntry], current: int | None) -> int:
+        if to is not None:
+            return to
+        last = last_successful(entries, spec.name, label)
+        if last is None or last.from_version is None:
+            raise UsageError(
+                f"the ledger has no earlier version of {spec.name} label {label} to roll back to",
+                hint="pass --to VERSION",
+            )
+        if current is not None and last.to_version != current:
+            # The config changed outside deployer since that entry; "previous" is ambiguous then.
+            raise UsageError(
+                f"label {label} points at version {current}, but the ledger's last promotion set it to"
+                f" {last.to_version}; the previous version is ambiguous",
+                hint="pass --to VERSION",
+            )
+        return last.from_version
+
+    return _execute(
+        manifest, spec, client, label, "rollback", target,
+        validated=None, max_score_delta=max_score_delta, wait=wait, progress=progress, clock=clock, sleep=sleep,
+    )  # fmt: skip
+
+
+def _execute(
+    manifest: Manifest,
+    spec: ModelSpec,
+    client: ServingClient,
+    label: str,
+    kind: Kind,
+    target: Callable[[list[LedgerEntry], int | None], int],
+    *,
+    validated: float | None,
+    max_score_delta: float | None,
+    wait: bool,
+    progress: ProgressFn,
+    clock: Callable[[], float],
+    sleep: Callable[[float], None],
+) -> PromoteReport:
+    """``validated`` is the time already spent validating the target, or None to validate under the lock."""
+    state = StateDir(manifest.state_path)
+    started = clock() - (validated or 0.0)
+    with promotion_lock(state, manifest.project, wait=wait, progress=progress) as waited:
+        # Everything below reads state under the lock: a promotion that waited sees the one before it.
+        run = _Promotion(
+            manifest, spec, client, label, kind,
+            max_score_delta=max_score_delta, progress=progress, clock=clock, sleep=sleep,
+        )  # fmt: skip
+        run.started = started
+        run.durations["lock_wait"] = waited
+        _, _, entry = run._served()
+        version = target(Ledger(state.ledger).entries(), entry.labels.get(label))
+        if validated is None:
+            since = clock()
+            _validate_or_refuse(manifest, spec, label, kind, version)
+            validated = clock() - since
+        run.durations["validate"] = validated
+        return run.run(version)

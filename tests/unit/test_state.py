@@ -44,3 +44,9 @@ def test_handle_round_trip_and_corruption(tmp_path: Path) -> None:
         state.load_handle()
     state.clear_handle()
     assert state.load_handle() is None
+
+
+def test_written_files_are_world_readable_for_a_server_running_as_another_user(tmp_path: Path) -> None:
+    target = tmp_path / "models.config"
+    write_atomic(target, "x")
+    assert target.stat().st_mode & 0o777 == 0o644

@@ -1,0 +1,248 @@
+"""deployer up / smoke / status / logs / down.
+
+Imports stay light at module level: every `deployer` invocation imports this module, and `deployer
+smoke` must run without TensorFlow or docker-py (the library modules are imported inside commands).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import click
+from rich.markup import escape
+
+from deployer.commands.options import json_option, manifest_option, model_option
+from deployer.errors import SmokeFailed, UsageError
+
+if TYPE_CHECKING:
+    from deployer.manifest import Manifest
+    from deployer.orchestrate import ModelView, UpReport
+    from deployer.smoke import SmokeReport
+
+
+def _plain(text: str) -> None:
+    """A line with paths and server text in it: printed as is, never read as rich markup."""
+    from deployer import console
+
+    console.out.print(text, markup=False, highlight=False)
+
+
+def _load(path: str) -> Manifest:
+    from deployer.manifest import load_manifest
+
+    return load_manifest(path)
+
+
+def _labels_of(view: ModelView, version: int) -> str:
+    return ", ".join(sorted(label for label, v in view.labels.items() if v == version))
+
+
+def _print_models(models: list[ModelView]) -> None:
+    from deployer import console
+
+    rows: list[list[Any]] = []
+    for view in models:
+        versions = {s.version: s for s in view.versions}
+        numbers = sorted(set(versions) | set(view.labels.values()))
+        if not numbers:
+            rows.append([view.name, "-", view.error or "no versions reported", ""])
+        for number in numbers:
+            status = versions.get(number)
+            state = status.state if status else (view.error or "not reported")
+            if status is not None and status.failed:
+                state += f" ({status.error_code}: {status.error_message})"
+            rows.append([view.name, number, state, _labels_of(view, number)])
+    console.table(None, ["model", "version", "state", "labels"], rows)
+
+
+def _smoke_line(report: SmokeReport) -> str:
+    ok = len(report.cases) - len(report.failures)
+    verdict = "[green]passed[/]" if report.passed else "[red]FAILED[/]"
+    latencies = sorted(c.latency_s for c in report.cases)
+    p50 = f", p50 {latencies[len(latencies) // 2] * 1000:.1f} ms" if latencies else ""
+    where = escape(f"{report.model} ({report.selector}, {report.transport})")
+    return f"smoke {where}: {ok}/{len(report.cases)} {verdict}{p50}"
+
+
+def _print_failures(report: SmokeReport) -> None:
+    from deployer import console
+
+    for case in report.failures:
+        console.out.print(f"  [red]✗[/] {escape(case.name)}: {escape(case.reason)}", highlight=False)
+
+
+def _print_up(report: UpReport) -> None:
+    from deployer import console
+
+    out = console.out
+    handle = report.handle
+    reason = escape(report.runtime_reason)
+    out.print(f"[bold]{report.project}[/] on [bold]{report.runtime}[/] ({reason})", highlight=False)
+    _plain(f"server: {report.action} {handle.name} ({report.action_reason})")
+    _plain(f"endpoints: gRPC {handle.grpc_target}  REST {handle.rest_url or '-'}")
+    for exported in report.exported:
+        _plain(f"exported: {exported.model} version {exported.version} → {exported.path}")
+    _print_models(report.models)
+    if not report.smoke:
+        _plain("smoke: no smoke cases in the manifest")
+    for smoke in report.smoke:
+        out.print(_smoke_line(smoke), highlight=False)
+        _print_failures(smoke)
+    phases = ("runtime", "train", "export", "start", "healthy", "smoke", "total")
+    out.print(
+        "timings: " + "  ".join(f"{p} {report.timings[p]:.2f}s" for p in phases if p in report.timings),
+        highlight=False,
+    )
+
+
+def _smoke_failed(reports: list[SmokeReport]) -> SmokeFailed:
+    failures = [(r, c) for r in reports for c in r.failures]
+    report, case = failures[0]
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return SmokeFailed(
+        f"smoke failed: {report.model} {report.selector}: case {case.name}: {case.reason}{more}",
+        hint="the served model answers the manifest's smoke cases wrongly; see `deployer smoke --json`",
+    )
+
+
+@click.command()
+@manifest_option
+@click.option(
+    "--runtime",
+    type=click.Choice(["docker", "local", "auto"]),
+    default=None,
+    help="Where the server runs (default: server.runtime in the manifest). auto: docker when usable, else local.",
+)
+@click.option("--image", default=None, help="Server image for the docker runtime (default: server.image).")
+@click.option("--retrain", is_flag=True, help="Train and export a new version even when one exists.")
+@json_option
+def up(manifest_path: str, runtime: str | None, image: str | None, retrain: bool, as_json: bool) -> None:
+    """Train if needed, start or reuse the server, wait until healthy, smoke-test, summarize."""
+    from deployer import console, orchestrate
+
+    manifest = _load(manifest_path)
+
+    def progress(line: str) -> None:
+        # Progress lines carry paths and server messages: never let rich read them as markup.
+        console.info(escape(line))
+
+    report = orchestrate.up(manifest, runtime_choice=runtime, image=image, retrain=retrain, progress=progress)
+    if as_json:
+        console.emit_json(report.to_json())
+    else:
+        _print_up(report)
+    if not report.smoke_passed:
+        raise _smoke_failed(report.smoke)
+
+
+@click.command()
+@manifest_option
+@model_option
+@click.option("--label", default=None, help="Smoke the version behind this label (default: the model's first label).")
+@click.option("--version", "version", type=int, default=None, help="Smoke this version.")
+@click.option("--rest", is_flag=True, help="Send the cases through the REST API instead of gRPC.")
+@click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None, help="Write a JUnit XML report.")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per request.")
+@json_option
+def smoke(
+    manifest_path: str,
+    model_name: str | None,
+    label: str | None,
+    version: int | None,
+    rest: bool,
+    junit_path: str | None,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Send the manifest's smoke cases to the running server and check the answers (exit 5 on a mismatch)."""
+    from deployer import console
+    from deployer.orchestrate import connect
+    from deployer.smoke import run_smoke, run_smoke_rest, write_junit
+
+    if label is not None and version is not None:
+        raise UsageError("choose --label or --version, not both")
+    if version is not None and version < 1:
+        raise UsageError(f"--version must be a positive integer, got {version}")
+    manifest = _load(manifest_path)
+    models = [manifest.model(model_name)] if model_name else list(manifest.models)
+    models = [m for m in models if m.smoke]
+    if not models:
+        raise UsageError("the manifest has no smoke cases", hint="add models[].smoke entries")
+    _runtime, handle, client = connect(manifest)
+    reports = []
+    try:
+        for model in models:
+            chosen = label if label is not None or version is not None else model.primary_label
+            if rest:
+                if handle.rest_url is None:
+                    raise UsageError("the running server has no REST port", hint="drop --rest")
+                reports.append(run_smoke_rest(handle.rest_url, model, version=version, label=chosen, timeout=timeout))
+            else:
+                reports.append(run_smoke(client, model, version=version, label=chosen, timeout=timeout))
+    finally:
+        client.close()
+    if junit_path:
+        write_junit(reports, junit_path)
+    if as_json:
+        console.emit_json({"passed": all(r.passed for r in reports), "reports": [r.to_json() for r in reports]})
+    else:
+        for report in reports:
+            console.out.print(_smoke_line(report), highlight=False)
+            _print_failures(report)
+    if not all(r.passed for r in reports):
+        raise _smoke_failed(reports)
+
+
+@click.command()
+@manifest_option
+@json_option
+def status(manifest_path: str, as_json: bool) -> None:
+    """Runtime state, endpoints, and each model's versions, states and labels."""
+    from deployer import console, orchestrate
+
+    report = orchestrate.status(_load(manifest_path))
+    if as_json:
+        console.emit_json(report.to_json())
+        return
+    if report.handle is None:
+        _plain(f"{report.project}: no server (run `deployer up`)")
+        return
+    handle = report.handle
+    process = report.process
+    state = "running" if report.running else f"not running ({process.detail if process else 'unknown'})"
+    _plain(f"{report.project}: {handle.runtime} {handle.name} ({handle.ident[:12]}) {state}")
+    _plain(f"endpoints: gRPC {handle.grpc_target}  REST {handle.rest_url or '-'}")
+    _print_models(report.models)
+
+
+@click.command()
+@manifest_option
+@click.option("--tail", type=click.IntRange(min=1), default=100, show_default=True, help="Lines from the end.")
+def logs(manifest_path: str, tail: int) -> None:
+    """The model server's log (its last lines)."""
+    import sys
+
+    from deployer import orchestrate
+
+    text = orchestrate.logs(_load(manifest_path), tail)
+    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+
+
+@click.command()
+@manifest_option
+@json_option
+def down(manifest_path: str, as_json: bool) -> None:
+    """Stop and remove the server this manifest started (exported models and config are kept)."""
+    from deployer import console, orchestrate
+
+    report = orchestrate.down(_load(manifest_path))
+    if as_json:
+        console.emit_json(report.to_json())
+    elif report.stopped:
+        for handle in report.stopped:
+            _plain(f"stopped {handle.runtime} server {handle.name} ({handle.ident[:12]})")
+    else:
+        _plain(f"{report.project}: nothing was running")
+
+
+COMMANDS = [up, smoke, status, logs, down]

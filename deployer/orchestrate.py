@@ -1,0 +1,585 @@
+"""The library core of ``deployer up``/``status``/``down``: versions → config → server → health → smoke.
+
+The models.config in the state directory is the deployment's truth: ``up`` keeps its versions and
+labels (so promotions survive ``up`` and restarts) and the server re-reads it at every start. Nothing
+here prints; progress goes through a callback and results come back as reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deployer import store
+from deployer.client import ServingClient, VersionStatus
+from deployer.errors import DeployerError, NotHealthy, RuntimeUnavailable, ServerRequestError, StoreError, UsageError
+from deployer.health import HealthReport, wait_healthy
+from deployer.manifest import Manifest
+from deployer.runtime.base import LaunchSpec, Layout, ProcessState, Runtime, ServerHandle
+from deployer.runtime.local import LocalRuntime
+from deployer.server_config import MODELS_CONFIG, ServedModel, parse_models_config, render_files, server_flags
+from deployer.smoke import SmokeReport, run_smoke
+from deployer.state import StateDir
+
+Progress = Callable[[str], None]
+LOG_TAIL_LINES = 50
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# ---- reports ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One served model: its versions with their states (when the server answered) and its labels."""
+
+    name: str
+    base_path: str  # on the host
+    versions: list[VersionStatus]
+    labels: dict[str, int]
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "base_path": self.base_path,
+            "versions": [
+                {"version": s.version, "state": s.state, "error_code": s.error_code, "error": s.error_message or None}
+                for s in self.versions
+            ],
+            "labels": dict(sorted(self.labels.items())),
+            "error": self.error,
+        }
+
+
+def _handle_json(handle: ServerHandle | None) -> dict[str, Any] | None:
+    if handle is None:
+        return None
+    return {
+        "runtime": handle.runtime,
+        "id": handle.ident,
+        "name": handle.name,
+        "grpc": handle.grpc_target,
+        "rest": handle.rest_url,
+        "image": handle.image,
+        "spec_hash": handle.spec_hash,
+        "started_at": handle.started_at,
+    }
+
+
+@dataclass(frozen=True)
+class Exported:
+    model: str
+    version: int
+    path: str
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class UpReport:
+    project: str
+    runtime: str
+    runtime_reason: str
+    action: str  # "started" | "reused" | "recreated"
+    action_reason: str
+    handle: ServerHandle
+    models: list[ModelView]
+    exported: list[Exported]
+    smoke: list[SmokeReport]
+    health: HealthReport
+    timings: dict[str, float]  # seconds per phase: runtime, train, export, start, healthy, smoke, total
+
+    @property
+    def smoke_passed(self) -> bool:
+        return all(report.passed for report in self.smoke)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "runtime": self.runtime,
+            "runtime_reason": self.runtime_reason,
+            "action": self.action,
+            "action_reason": self.action_reason,
+            "server": _handle_json(self.handle),
+            "models": [m.to_json() for m in self.models],
+            "exported": [e.__dict__ for e in self.exported],
+            "smoke": {"passed": self.smoke_passed, "reports": [r.to_json() for r in self.smoke]},
+            "health": {"elapsed_s": round(self.health.elapsed_s, 3), "checks": self.health.checks},
+            "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+        }
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    project: str
+    state_dir: str
+    running: bool
+    handle: ServerHandle | None
+    process: ProcessState | None
+    models: list[ModelView] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "state_dir": self.state_dir,
+            "running": self.running,
+            "runtime": self.handle.runtime if self.handle else None,
+            "server": _handle_json(self.handle),
+            "process": None
+            if self.process is None
+            else {"running": self.process.running, "exit_code": self.process.exit_code, "detail": self.process.detail},
+            "models": [m.to_json() for m in self.models],
+        }
+
+
+@dataclass(frozen=True)
+class DownReport:
+    project: str
+    stopped: list[ServerHandle]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"project": self.project, "stopped": [_handle_json(h) for h in self.stopped]}
+
+
+# ---- runtimes -----------------------------------------------------------------------------------
+
+
+def _docker(progress: Progress | None) -> Runtime:
+    # Imported here: docker-py is heavy and only the docker runtime needs it.
+    from deployer.runtime import docker as docker_runtime
+
+    return docker_runtime.connect(progress)
+
+
+def _local(manifest: Manifest) -> LocalRuntime:
+    return LocalRuntime(state_dir=manifest.state_path)
+
+
+def choose_runtime(
+    manifest: Manifest, choice: str | None = None, *, image: str | None = None, progress: Progress | None = None
+) -> tuple[Runtime, str]:
+    """The runtime to use and why. ``auto``: docker when an engine answers and the image is present or
+    can be pulled, local otherwise."""
+    picked = choice or manifest.server.runtime
+    origin = "--runtime" if choice else "server.runtime in the manifest"
+    if picked == "local":
+        return _local(manifest), f"{origin} says local"
+    if picked == "docker":
+        return _docker(progress), f"{origin} says docker"
+    if picked != "auto":
+        raise UsageError(f"unknown runtime {picked!r}", hint="choose docker, local or auto")
+    wanted_image = image or manifest.server.image
+    try:
+        runtime = _docker(progress)
+    except RuntimeUnavailable as exc:
+        return _local(manifest), f"auto: no Docker engine answers ({exc.message})"
+    ensure = getattr(runtime, "ensure_image", None)
+    if ensure is None:
+        return runtime, "auto: a Docker engine answers"
+    try:
+        ensure(wanted_image)
+    except RuntimeUnavailable as exc:
+        return _local(manifest), f"auto: Docker answers but {exc.message}"
+    return runtime, f"auto: a Docker engine answers and image {wanted_image} is present"
+
+
+def select_runtime(manifest: Manifest, choice: str | None = None) -> Runtime:
+    return choose_runtime(manifest, choice)[0]
+
+
+def runtime_named(name: str, manifest: Manifest, progress: Progress | None = None) -> Runtime:
+    """The runtime that started a recorded handle."""
+    if name == "local":
+        return _local(manifest)
+    if name == "docker":
+        return _docker(progress)
+    raise DeployerError(f"the state directory names an unknown runtime {name!r}", hint="run `deployer down`")
+
+
+def spec_hash(manifest: Manifest, runtime: str, image: str | None) -> str:
+    """What decides whether a running server can be kept: the manifest's server shape, runtime and image."""
+    doc = f"{manifest.spec_hash()}|{runtime}|{image or ''}"
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+# ---- desired state ----------------------------------------------------------------------------
+
+
+def desired_models(manifest: Manifest, state: StateDir, layout: Layout) -> list[ServedModel]:
+    """What the server should serve. An existing models.config (earlier up/promote) wins, minus versions
+    no longer on disk; otherwise the latest version with every manifest label on it."""
+    text = state.read_models_config()
+    previous = {m.name: m for m in parse_models_config(text)} if text else {}
+    served = []
+    for model in manifest.models:
+        base = manifest.base_path(model)
+        on_disk = set(store.list_versions(base))
+        before = previous.get(model.name)
+        versions = sorted(v for v in before.versions if v in on_disk) if before else []
+        labels = {k: v for k, v in before.labels.items() if v in versions} if before else {}
+        if not versions:
+            latest = store.latest_version(base)
+            if latest is None:
+                raise StoreError(
+                    f"model {model.name} has no version under {base}", hint="run `deployer up` (it trains one)"
+                )
+            versions, labels = [latest], {}
+        for label in model.labels:
+            # A manifest label whose version vanished lands on the newest served version rather than nowhere.
+            labels.setdefault(label, versions[-1])
+        served.append(
+            ServedModel(
+                name=model.name, base_path=layout.model_paths[model.name], versions=tuple(versions), labels=labels
+            )
+        )
+    return served
+
+
+def _layout(manifest: Manifest, runtime: Runtime, state: StateDir) -> Layout:
+    return runtime.layout({m.name: manifest.base_path(m) for m in manifest.models}, state.config_dir)
+
+
+def _config_files_current(state: StateDir, files: dict[str, str]) -> bool:
+    for name, text in files.items():
+        try:
+            if (state.config_dir / name).read_text(encoding="utf-8") != text:
+                return False
+        except FileNotFoundError:
+            return False
+    return True
+
+
+def _make_readable(state: StateDir, files: dict[str, str]) -> None:
+    """Atomic writes create 0600 files; a containerised server runs as another user and must read them."""
+    for name in files:
+        with suppress(OSError):
+            (state.config_dir / name).chmod(0o644)
+    with suppress(OSError):
+        state.config_dir.chmod(0o755)
+
+
+@contextmanager
+def _state_lock(state: StateDir, manifest: Manifest) -> Iterator[None]:
+    """Serialize with promotions: both rewrite models.config, and up must not read a half-finished swap."""
+    from filelock import FileLock, Timeout
+
+    state.ensure()
+    lock = FileLock(str(state.promote_lock), thread_local=False)
+    try:
+        lock.acquire(timeout=manifest.server.reload_deadline_seconds + manifest.server.health_deadline_seconds)
+    except Timeout:
+        raise UsageError(
+            f"another deployer operation (a promotion?) holds {state.promote_lock}",
+            hint="retry when it has finished",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# ---- up -----------------------------------------------------------------------------------------
+
+
+def _ensure_versions(
+    manifest: Manifest, retrain: bool, say: Progress, timings: dict[str, float]
+) -> list[Exported]:
+    exported = []
+    for model in manifest.models:
+        base = manifest.base_path(model)
+        latest = store.latest_version(base)
+        if latest is not None and not retrain:
+            continue
+        why = "--retrain" if retrain else f"no version under {base}"
+        say(f"training {model.name} ({why})")
+        # Imported here: export pulls in TensorFlow, which only this step needs.
+        from deployer.export import train_and_export
+
+        result = train_and_export(manifest, model)
+        timings["train"] = timings.get("train", 0.0) + result.seconds_train
+        timings["export"] = timings.get("export", 0.0) + result.seconds_export
+        say(f"exported {model.name} version {result.version} to {result.path}")
+        exported.append(
+            Exported(
+                model=model.name,
+                version=result.version,
+                path=str(result.path),
+                metrics={k: float(v) for k, v in dict(result.metrics).items()},
+            )
+        )
+    return exported
+
+
+def _existing(manifest: Manifest, state: StateDir, runtime: Runtime, say: Progress) -> ServerHandle | None:
+    """The running server of this manifest, if any. A server of the other runtime is stopped: both
+    would want the same ports and config."""
+    handle = state.load_handle()
+    if handle is not None and handle.runtime != runtime.name:
+        try:
+            other = runtime_named(handle.runtime, manifest)
+            if other.state(handle).running:
+                say(f"stopping the {handle.runtime} server {handle.name}: switching to {runtime.name}")
+            other.stop(handle)
+        except RuntimeUnavailable:
+            pass  # its runtime is gone, and the server with it
+        state.clear_handle()
+        handle = None
+    if handle is not None and runtime.state(handle).running:
+        return handle
+    found = runtime.find(manifest.project, state.root)
+    if found is not None:
+        state.save_handle(found)
+    else:
+        state.clear_handle()
+    return found
+
+
+def up(
+    manifest: Manifest,
+    *,
+    runtime_choice: str | None = None,
+    image: str | None = None,
+    retrain: bool = False,
+    progress: Progress | None = None,
+) -> UpReport:
+    """Make the manifest's deployment run and prove it: versions, config, server, health, smoke."""
+    say = progress or _quiet
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+    state = StateDir(manifest.state_path)
+    state.ensure()
+
+    runtime, runtime_reason = choose_runtime(manifest, runtime_choice, image=image, progress=say)
+    timings["runtime"] = time.perf_counter() - t0
+    say(f"runtime: {runtime.name} ({runtime_reason})")
+
+    exported = _ensure_versions(manifest, retrain, say, timings)
+    timings.setdefault("train", 0.0)
+    timings.setdefault("export", 0.0)
+
+    server_image = (image or manifest.server.image) if runtime.name == "docker" else None
+    wanted_hash = spec_hash(manifest, runtime.name, server_image)
+    with _state_lock(state, manifest):
+        layout = _layout(manifest, runtime, state)
+        served = desired_models(manifest, state, layout)
+        files = render_files(manifest.server, served)
+        config_current = _config_files_current(state, files)
+
+        t_start = time.perf_counter()
+        handle = _existing(manifest, state, runtime, say)
+        action, action_reason = "started", "no server was running"
+        if handle is not None:
+            if handle.spec_hash == wanted_hash and config_current:
+                action, action_reason = "reused", "the spec and the served config are unchanged"
+            else:
+                action = "recreated"
+                action_reason = "the spec changed" if handle.spec_hash != wanted_hash else "the served config changed"
+                say(f"recreating the server: {action_reason}")
+                runtime.stop(handle)
+                state.clear_handle()
+                handle = None
+        state.write_config_files(files)
+        _make_readable(state, files)
+
+        started_here = False
+        if handle is None:
+            spec = LaunchSpec(
+                project=manifest.project,
+                spec_hash=wanted_hash,
+                image=server_image or "",
+                host=manifest.server.host,
+                grpc_port=manifest.server.grpc_port,
+                rest_port=manifest.server.rest_port,
+                args=tuple(server_flags(manifest.server, layout.config_dir)),
+                layout=layout,
+                state_dir=state.root,
+                container=manifest.server.container,
+            )
+            say(f"starting the {runtime.name} server")
+            handle = runtime.start(spec)
+            state.save_handle(handle)
+            started_here = True
+        timings["start"] = time.perf_counter() - t_start
+
+        running = handle
+        wanted = {m.name: m.versions for m in served}
+        labels = {m.name: dict(m.labels) for m in served}
+        client = ServingClient(running.grpc_target)
+        t_health = time.perf_counter()
+        try:
+            say(f"waiting for {running.grpc_target} to serve {_describe(served)}")
+            health = wait_healthy(
+                client,
+                wanted,
+                labels,
+                deadline_s=manifest.server.health_deadline_seconds,
+                server_state=lambda: runtime.state(running),
+                log_tail=lambda: runtime.logs(running, LOG_TAIL_LINES),
+            )
+        except BaseException as exc:
+            client.close()
+            if started_here:
+                # Never leave a half-started server behind; its log tail is already in NotHealthy.details.
+                with suppress(DeployerError):
+                    runtime.stop(running)
+                state.clear_handle()
+            if isinstance(exc, NotHealthy) and exc.hint is None:
+                exc.hint = f"`deployer logs -f {manifest.source or 'MANIFEST'}` shows the server log"
+            raise
+        timings["healthy"] = time.perf_counter() - t_health
+
+    t_smoke = time.perf_counter()
+    try:
+        reports = [
+            run_smoke(client, model, label=model.primary_label) for model in manifest.models if model.smoke
+        ]
+    finally:
+        client.close()
+    timings["smoke"] = time.perf_counter() - t_smoke
+    timings["total"] = time.perf_counter() - t0
+
+    models = [
+        ModelView(
+            name=m.name,
+            base_path=str(manifest.base_path(manifest.model(m.name))),
+            versions=[s for s in health.models.get(m.name, []) if s.version in m.versions],
+            labels=dict(m.labels),
+        )
+        for m in served
+    ]
+    return UpReport(
+        project=manifest.project,
+        runtime=runtime.name,
+        runtime_reason=runtime_reason,
+        action=action,
+        action_reason=action_reason,
+        handle=running,
+        models=models,
+        exported=exported,
+        smoke=reports,
+        health=health,
+        timings=timings,
+    )
+
+
+def _describe(served: list[ServedModel]) -> str:
+    return "; ".join(
+        f"{m.name} v{','.join(map(str, m.versions))}"
+        + (f" ({', '.join(f'{k}→{v}' for k, v in sorted(m.labels.items()))})" if m.labels else "")
+        for m in served
+    )
+
+
+# ---- status / connect / down --------------------------------------------------------------------
+
+
+def _hint_up(manifest: Manifest) -> str:
+    return f"run `deployer up -f {manifest.source or 'MANIFEST'}`"
+
+
+def _recorded(manifest: Manifest, state: StateDir) -> ServerHandle | None:
+    handle = state.load_handle()
+    if handle is None:
+        # A lost handle file must not orphan a local server: its pid file still names it.
+        handle = _local(manifest).find(manifest.project, state.root)
+    return handle
+
+
+def status(manifest: Manifest) -> StatusReport:
+    state = StateDir(manifest.state_path)
+    handle = _recorded(manifest, state)
+    if handle is None:
+        return StatusReport(manifest.project, str(state.root), False, None, None)
+    runtime = runtime_named(handle.runtime, manifest)
+    process = runtime.state(handle)
+    text = state.read_models_config()
+    configured = {m.name: m for m in parse_models_config(text)} if text else {}
+    models = []
+    client = ServingClient(handle.grpc_target) if process.running else None
+    try:
+        for model in manifest.models:
+            entry = configured.get(model.name)
+            versions: list[VersionStatus] = []
+            error = None
+            if client is not None:
+                try:
+                    versions = sorted(client.model_status(model.name, timeout=5.0), key=lambda s: s.version)
+                except ServerRequestError as exc:
+                    error = exc.message
+            models.append(
+                ModelView(
+                    name=model.name,
+                    base_path=str(manifest.base_path(model)),
+                    versions=versions,
+                    labels=dict(entry.labels) if entry else {},
+                    error=error,
+                )
+            )
+    finally:
+        if client is not None:
+            client.close()
+    return StatusReport(manifest.project, str(state.root), process.running, handle, process, models)
+
+
+def connect(manifest: Manifest) -> tuple[Runtime, ServerHandle, ServingClient]:
+    """The running server of this manifest and a client for it; NotHealthy when nothing runs."""
+    state = StateDir(manifest.state_path)
+    handle = _recorded(manifest, state)
+    if handle is None:
+        raise NotHealthy(f"no server is running for project {manifest.project}", hint=_hint_up(manifest))
+    runtime = runtime_named(handle.runtime, manifest)
+    process = runtime.state(handle)
+    if not process.running:
+        code = "" if process.exit_code is None else f", exit code {process.exit_code}"
+        raise NotHealthy(
+            f"the {handle.runtime} server of project {manifest.project} is not running ({process.detail}{code})",
+            hint=_hint_up(manifest),
+        )
+    return runtime, handle, ServingClient(handle.grpc_target)
+
+
+def logs(manifest: Manifest, tail: int = 100) -> str:
+    state = StateDir(manifest.state_path)
+    handle = _recorded(manifest, state)
+    if handle is None:
+        raise NotHealthy(f"no server is recorded for project {manifest.project}", hint=_hint_up(manifest))
+    return runtime_named(handle.runtime, manifest).logs(handle, tail)
+
+
+def down(manifest: Manifest) -> DownReport:
+    """Stop and remove what this manifest started (by handle, pid file or container label). Idempotent;
+    exported models and the served config are left alone."""
+    state = StateDir(manifest.state_path)
+    stopped: list[ServerHandle] = []
+    handle = state.load_handle()
+    if handle is not None:
+        runtime = runtime_named(handle.runtime, manifest)
+        runtime.stop(handle)
+        stopped.append(handle)
+    local = _local(manifest)
+    stray = local.find(manifest.project, state.root)
+    if stray is not None and (handle is None or stray.ident != handle.ident):
+        local.stop(stray)
+        stopped.append(stray)
+    if handle is None or handle.runtime != "docker":
+        # A container whose handle file was lost still carries this project's label.
+        with suppress(RuntimeUnavailable):
+            docker = _docker(None)
+            found = docker.find(manifest.project, state.root)
+            if found is not None:
+                docker.stop(found)
+                stopped.append(found)
+    state.clear_handle()
+    return DownReport(manifest.project, stopped)
+
+
+def config_path(manifest: Manifest) -> Path:
+    return StateDir(manifest.state_path).config_dir / MODELS_CONFIG

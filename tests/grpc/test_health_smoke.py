@@ -1,0 +1,234 @@
+"""Health and smoke against a real deployer-model-server, and `deployer up --runtime local` end to end.
+
+Servers listen on free ports only; every server this module starts is stopped in a finalizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from deployer.client import ServingClient
+from deployer.errors import NotHealthy
+from deployer.health import wait_healthy, wait_versions_available
+from deployer.manifest import ModelSpec, ServerSettings
+from deployer.runtime.base import LaunchSpec
+from deployer.runtime.local import LocalRuntime
+from deployer.server_config import ServedModel, render_files, render_models_config, server_flags
+from deployer.smoke import run_smoke, run_smoke_rest
+from deployer.state import StateDir
+from tests.grpc.conftest import RunningServer
+from tests.savedmodels import FEATURES, IRIS_ROWS, write_model
+
+pytestmark = pytest.mark.grpc
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def smoke_cases() -> list[dict[str, Any]]:
+    return [
+        {"name": f"row{i}", "features": dict(zip(FEATURES, row, strict=True)), "expect_class": str(i), "min_score": 0.5}
+        for i, row in enumerate(IRIS_ROWS)
+    ]
+
+
+def model_spec() -> ModelSpec:
+    return ModelSpec.model_validate(
+        {
+            "name": "iris",
+            "trainer": "models.iris.trainer:train",
+            "base_path": "unused",
+            "features": [{"name": n} for n in FEATURES],
+            "classes": ["0", "1", "2"],
+            "smoke": smoke_cases(),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """iris/1 answers right, iris/2 always answers "2", broken/1 cannot load."""
+    base = tmp_path_factory.mktemp("models")
+    write_model(base / "iris", 1, kind="good")
+    write_model(base / "iris", 2, kind="wrong")
+    write_model(base / "broken", 1, kind="broken")
+    return base
+
+
+@pytest.fixture(scope="module")
+def server(models: Path, model_server: Callable[..., RunningServer]) -> RunningServer:
+    config = render_models_config([ServedModel("iris", str(models / "iris"), (1, 2), {"stable": 1, "canary": 2})])
+    return model_server(config, "--allow_version_labels_for_unavailable_models=true")
+
+
+@pytest.fixture()
+def client(server: RunningServer) -> Iterator[ServingClient]:
+    with ServingClient(server.target) as c:
+        yield c
+
+
+def test_healthy_with_versions_and_labels(client: ServingClient) -> None:
+    report = wait_healthy(client, {"iris": [1, 2]}, {"iris": {"stable": 1, "canary": 2}}, deadline_s=30)
+    assert [(s.version, s.state) for s in report.models["iris"]] == [(1, "AVAILABLE"), (2, "AVAILABLE")]
+    assert report.checks == 1
+
+
+def test_a_label_on_the_wrong_version_is_not_healthy(client: ServingClient) -> None:
+    started = time.monotonic()
+    with pytest.raises(NotHealthy, match="label stable resolves to 1, want 2"):
+        wait_healthy(client, {"iris": [1, 2]}, {"iris": {"stable": 2}}, deadline_s=1.0)
+    assert time.monotonic() - started < 5
+
+
+def test_an_unserved_version_times_out(client: ServingClient) -> None:
+    with pytest.raises(NotHealthy, match="waiting for version"):
+        wait_versions_available(client, "iris", [7], deadline_s=0.5)
+
+
+def test_nothing_listening_is_a_timeout_not_a_crash() -> None:
+    from tests.grpc.conftest import free_port
+
+    with ServingClient(f"127.0.0.1:{free_port()}") as nobody, pytest.raises(NotHealthy, match="does not answer yet"):
+        wait_healthy(nobody, {"iris": [1]}, {}, deadline_s=0.5)
+
+
+def test_smoke_good_and_wrong_over_grpc(client: ServingClient) -> None:
+    good = run_smoke(client, model_spec(), label="stable")
+    assert good.passed, [c.reason for c in good.failures]
+    assert {c.served_version for c in good.cases} == {1}
+    wrong = run_smoke(client, model_spec(), version=2)
+    assert [c.passed for c in wrong.cases] == [False, False, True]
+    assert wrong.cases[0].got == "2" and wrong.cases[0].served_version == 2
+    missing = run_smoke(client, model_spec(), label="nope")
+    assert not missing.passed and "nope" in (missing.cases[0].error or "")
+
+
+def test_smoke_over_rest(server: RunningServer) -> None:
+    assert run_smoke_rest(server.rest, model_spec(), label="stable").passed
+    wrong = run_smoke_rest(server.rest, model_spec(), version=2)
+    assert [c.passed for c in wrong.cases] == [False, False, True]
+
+
+def test_local_runtime_failed_load_is_not_healthy_with_the_log(models: Path, tmp_path: Path) -> None:
+    """An initial load failure makes the server exit: health says so at once, with exit code and log tail."""
+    state = StateDir(tmp_path / "state")
+    runtime = LocalRuntime(state.root, stop_grace_s=5)
+    layout = runtime.layout({"broken": models / "broken"}, state.config_dir)
+    settings = ServerSettings(grpc_port=0, rest_port=0)
+    served = ServedModel("broken", layout.model_paths["broken"], (1,))
+    state.write_config_files(render_files(settings, [served]))
+    flags = tuple(server_flags(settings, layout.config_dir))
+    spec = LaunchSpec("t", "h", "", "127.0.0.1", 0, 0, flags, layout, state.root)
+    handle = runtime.start(spec)
+    try:
+        with ServingClient(handle.grpc_target) as c, pytest.raises(NotHealthy) as info:
+            wait_healthy(
+                c, {"broken": [1]}, {}, deadline_s=60,
+                server_state=lambda: runtime.state(handle), log_tail=lambda: runtime.logs(handle),
+            )  # fmt: skip
+        assert "the server exited (exit code" in info.value.message
+        assert info.value.details is not None and "broken" in info.value.details
+    finally:
+        runtime.stop(handle)
+    assert runtime.find("t", state.root) is None
+
+
+# ---- `deployer up --runtime local` end to end ------------------------------------------------------
+
+
+def deployer(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-c", "from deployer.cli import main; main()", *args],
+        capture_output=True, text=True, timeout=timeout, env=env, check=False, cwd=str(ROOT),
+    )  # fmt: skip
+
+
+def write_manifest(root: Path, project: str) -> Path:
+    doc = {
+        "project": project,
+        "state_dir": "state",
+        "models": [
+            {
+                "name": "iris",
+                "trainer": "models.iris.trainer:train",
+                "base_path": "exports/iris",
+                "features": [{"name": n} for n in FEATURES],
+                "classes": ["0", "1", "2"],
+                "smoke": smoke_cases(),
+            }
+        ],
+        "server": {"runtime": "local", "grpc_port": 0, "rest_port": 0, "health_deadline_seconds": 90},
+    }
+    path = root / "deployer.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+@pytest.fixture()
+def project_dir(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    manifest = write_manifest(tmp_path, f"g-{uuid.uuid4().hex[:8]}")
+    yield tmp_path, manifest
+    deployer("down", "-f", str(manifest), timeout=60)
+
+
+def test_up_smoke_status_down_end_to_end(project_dir: tuple[Path, Path]) -> None:
+    root, manifest = project_dir
+    write_model(root / "exports" / "iris", 1, kind="good")
+    m = str(manifest)
+
+    up = deployer("up", "-f", m, "--runtime", "local", "--json")
+    assert up.returncode == 0, up.stderr
+    report = json.loads(up.stdout)
+    assert report["runtime"] == "local" and report["action"] == "started"
+    assert report["models"][0]["labels"] == {"stable": 1}
+    assert report["smoke"]["passed"] and report["smoke"]["reports"][0]["total"] == 3
+    assert report["exported"] == []  # a version existed: no training
+    pid = report["server"]["id"]
+
+    junit = root / "smoke.xml"
+    smoke = deployer("smoke", "-f", m, "--junit", str(junit))
+    assert smoke.returncode == 0, smoke.stderr
+    assert ET.parse(junit).getroot().get("failures") == "0"
+    assert deployer("smoke", "-f", m, "--rest", "--version", "1").returncode == 0
+
+    status = json.loads(deployer("status", "-f", m, "--json").stdout)
+    assert status["running"] and status["server"]["id"] == pid
+    assert status["models"][0]["versions"][0]["state"] == "AVAILABLE"
+    assert status["server"]["grpc"].startswith("127.0.0.1:")
+
+    again = json.loads(deployer("up", "-f", m, "--json").stdout)
+    assert again["action"] == "reused" and again["server"]["id"] == pid
+
+    logs = deployer("logs", "-f", m, "--tail", "5")
+    assert logs.returncode == 0 and len(logs.stdout.splitlines()) <= 5
+
+    down = json.loads(deployer("down", "-f", m, "--json").stdout)
+    assert [s["id"] for s in down["stopped"]] == [pid]
+    assert not Path(f"/proc/{pid}").exists() or b"deployer" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+    assert json.loads(deployer("down", "-f", m, "--json").stdout)["stopped"] == []
+    assert (root / "exports" / "iris" / "1").is_dir()
+    after = deployer("smoke", "-f", m)
+    assert after.returncode == 4 and "deployer up" in after.stderr
+
+
+def test_a_wrong_model_fails_up_and_smoke_with_exit_5(project_dir: tuple[Path, Path]) -> None:
+    root, manifest = project_dir
+    write_model(root / "exports" / "iris", 1, kind="wrong")
+    up = deployer("up", "-f", str(manifest), "--runtime", "local")
+    assert up.returncode == 5, up.stderr
+    assert "smoke failed: iris label stable: case row0: expected class '0', got '2'" in up.stderr
+    smoke = deployer("smoke", "-f", str(manifest), "--json")
+    assert smoke.returncode == 5
+    assert json.loads(smoke.stdout)["reports"][0]["failed"] == 2

@@ -1,0 +1,205 @@
+"""deployer up/smoke/status/logs/down through the CLI boundary: exit codes, one-line errors, --json shapes."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+
+from deployer import orchestrate
+from deployer.cli import main
+from deployer.client import ClassifyResult, VersionStatus
+from deployer.errors import NotHealthy, RuntimeUnavailable
+from deployer.health import HealthReport
+from deployer.runtime.base import ProcessState, ServerHandle
+from deployer.smoke import CaseResult, SmokeReport
+from tests.unit.test_orchestrate import write_manifest
+
+HANDLE = ServerHandle("local", "4242", "deployer.model_server", "127.0.0.1:5000", "http://127.0.0.1:5001", "abc")
+
+
+def run(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def case(passed: bool) -> CaseResult:
+    return CaseResult("setosa", "0", "0" if passed else "2", 0.9, 0.0, passed, 0.004, 1)
+
+
+def up_report(passed: bool = True) -> orchestrate.UpReport:
+    smoke = SmokeReport("iris", HANDLE.grpc_target, "grpc", None, "stable", [case(passed)], 0.01)
+    statuses = [VersionStatus(1, "AVAILABLE", "OK", "")]
+    return orchestrate.UpReport(
+        project="p",
+        runtime="local",
+        runtime_reason="--runtime says local",
+        action="started",
+        action_reason="no server was running",
+        handle=HANDLE,
+        models=[orchestrate.ModelView("iris", "/x/exports/iris", statuses, {"stable": 1})],
+        exported=[orchestrate.Exported("iris", 1, "/x/exports/iris/1", {"accuracy": 0.97})],
+        smoke=[smoke],
+        health=HealthReport({"iris": statuses}, {"iris": {"stable": 1}}, 0.5, 3),
+        timings={"runtime": 0, "train": 1.0, "export": 0.5, "start": 0.1, "healthy": 0.5, "smoke": 0.01, "total": 2.2},
+    )
+
+
+@pytest.fixture()
+def manifest(tmp_path: Path) -> str:
+    return str(write_manifest(tmp_path))
+
+
+def test_up_json_shape(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_up(m: Any, **kwargs: Any) -> orchestrate.UpReport:
+        seen.update(kwargs)
+        return up_report()
+
+    monkeypatch.setattr(orchestrate, "up", fake_up)
+    result = run("up", "-f", manifest, "--runtime", "local", "--retrain", "--image", "img:1", "--json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert set(doc) == {
+        "project", "runtime", "runtime_reason", "action", "action_reason", "server", "models", "exported", "smoke",
+        "health", "timings_s",
+    }  # fmt: skip
+    assert doc["server"]["grpc"] == "127.0.0.1:5000" and doc["server"]["rest"] == "http://127.0.0.1:5001"
+    assert doc["models"][0]["versions"][0] == {"version": 1, "state": "AVAILABLE", "error_code": "OK", "error": None}
+    assert doc["models"][0]["labels"] == {"stable": 1}
+    assert doc["smoke"]["passed"] is True and doc["smoke"]["reports"][0]["cases"][0]["latency_ms"] == 4.0
+    assert set(doc["timings_s"]) == {"runtime", "train", "export", "start", "healthy", "smoke", "total"}
+    assert seen["runtime_choice"] == "local" and seen["retrain"] is True and seen["image"] == "img:1"
+
+
+def test_up_summary_for_people(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(orchestrate, "up", lambda m, **kw: up_report())
+    result = run("up", "-f", manifest)
+    assert result.exit_code == 0, result.output
+    for text in ("local", "127.0.0.1:5000", "AVAILABLE", "stable", "1/1", "timings:", "healthy 0.50s"):
+        assert text in result.stdout
+
+
+def test_up_smoke_failure_exits_5_after_the_summary(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(orchestrate, "up", lambda m, **kw: up_report(passed=False))
+    result = run("up", "-f", manifest, "--json")
+    assert result.exit_code == 5
+    assert json.loads(result.stdout)["smoke"]["passed"] is False
+    assert "smoke failed: iris label stable: case setosa: expected class '0', got '2'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (NotHealthy("the server exited (exit code 1)", details="server log (tail):\nboom"), 4),
+        (RuntimeUnavailable("the gRPC port 127.0.0.1:8500 is already in use", hint="set grpc_port: 0"), 3),
+    ],
+)
+def test_up_errors_map_to_exit_codes(
+    manifest: str, monkeypatch: pytest.MonkeyPatch, error: Exception, code: int
+) -> None:
+    def fail(m: Any, **kwargs: Any) -> Any:
+        raise error
+
+    monkeypatch.setattr(orchestrate, "up", fail)
+    result = run("up", "-f", manifest)
+    assert result.exit_code == code
+    assert result.stderr.startswith(f"deployer: error: {error}\n")
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_manifest_and_bad_flags_exit_2(tmp_path: Path) -> None:
+    assert run("up", "-f", str(tmp_path / "missing.yaml")).exit_code == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("project: x\nmodels: []\n")
+    result = run("status", "-f", str(bad))
+    assert result.exit_code == 2 and "models" in result.stderr
+    assert run("up", "-f", str(bad), "--runtime", "kubernetes").exit_code == 2
+    assert run("logs", "-f", str(bad), "--tail", "0").exit_code == 2
+
+
+class FakeClient:
+    target = HANDLE.grpc_target
+
+    def __init__(self, wrong: bool) -> None:
+        self.wrong = wrong
+        self.closed = False
+
+    def classify(
+        self, model: str, examples: Sequence[Mapping[str, float]], *, version: int | None = None,
+        label: str | None = None, signature_name: str = "serving_default", timeout: float | None = None,
+    ) -> ClassifyResult:  # fmt: skip
+        got = "2" if self.wrong or examples[0]["PetalLength"] > 3 else "0"
+        scores = [(c, 0.9 if c == got else 0.05) for c in "012"]
+        return ClassifyResult(model, version or 1, signature_name, [scores], 0.0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_smoke_json_and_junit(manifest: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    client = FakeClient(wrong=False)
+    monkeypatch.setattr(orchestrate, "connect", lambda m: (None, HANDLE, client))
+    junit = tmp_path / "reports" / "smoke.xml"
+    result = run("smoke", "-f", manifest, "--json", "--junit", str(junit))
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["passed"] is True and doc["reports"][0]["label"] == "stable" and doc["reports"][0]["total"] == 2
+    assert ET.parse(junit).getroot().get("tests") == "2"
+    assert client.closed
+
+
+def test_smoke_mismatch_exits_5(manifest: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(orchestrate, "connect", lambda m: (None, HANDLE, FakeClient(wrong=True)))
+    junit = tmp_path / "smoke.xml"
+    result = run("smoke", "-f", manifest, "--version", "1", "--junit", str(junit))
+    assert result.exit_code == 5
+    assert "smoke iris (version 1, grpc): 1/2" in result.stdout
+    assert "deployer: error: smoke failed: iris version 1: case setosa" in result.stderr
+    assert ET.parse(junit).getroot().get("failures") == "1"
+
+
+def test_smoke_flag_errors_and_nothing_running(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run("smoke", "-f", manifest, "--label", "stable", "--version", "1").exit_code == 2
+    assert run("smoke", "-f", manifest, "--version", "0").exit_code == 2
+    assert run("smoke", "-f", manifest, "--model", "nope").exit_code == 2
+    result = run("smoke", "-f", manifest)
+    assert result.exit_code == 4
+    assert "no server is running" in result.stderr and "deployer up" in result.stderr
+
+
+def test_status_json_shapes(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run("status", "-f", manifest, "--json")
+    assert result.exit_code == 0
+    doc = json.loads(result.stdout)
+    assert doc["running"] is False and doc["server"] is None and doc["models"] == []
+
+    statuses = [VersionStatus(1, "AVAILABLE", "OK", ""), VersionStatus(2, "LOADING", "OK", "")]
+    report = orchestrate.StatusReport(
+        "p", "/s", True, HANDLE, ProcessState(True, None, "running"),
+        [orchestrate.ModelView("iris", "/x", statuses, {"stable": 1, "canary": 2})],
+    )  # fmt: skip
+    monkeypatch.setattr(orchestrate, "status", lambda m: report)
+    doc = json.loads(run("status", "-f", manifest, "--json").stdout)
+    assert doc["running"] is True and doc["runtime"] == "local"
+    assert doc["server"]["grpc"] == "127.0.0.1:5000" and doc["process"]["detail"] == "running"
+    assert [v["state"] for v in doc["models"][0]["versions"]] == ["AVAILABLE", "LOADING"]
+    text = run("status", "-f", manifest).stdout
+    assert "127.0.0.1:5000" in text and "LOADING" in text and "canary" in text
+
+
+def test_down_and_logs(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run("down", "-f", manifest, "--json")
+    assert result.exit_code == 0 and json.loads(result.stdout) == {"project": json.loads(result.stdout)["project"],
+                                                                     "stopped": []}  # fmt: skip
+    monkeypatch.setattr(orchestrate, "down", lambda m: orchestrate.DownReport("p", [HANDLE]))
+    assert "stopped local server deployer.model_server (4242)" in run("down", "-f", manifest).stdout
+    assert run("logs", "-f", manifest).exit_code == 4
+    monkeypatch.setattr(orchestrate, "logs", lambda m, tail: f"last {tail} lines")
+    result = run("logs", "-f", manifest, "--tail", "7")
+    assert result.exit_code == 0 and result.stdout == "last 7 lines\n"

@@ -24,7 +24,7 @@ from deployer.runtime.base import LaunchSpec, Layout, ProcessState, Runtime, Ser
 from deployer.runtime.local import LocalRuntime
 from deployer.server_config import MODELS_CONFIG, ServedModel, parse_models_config, render_files, server_flags
 from deployer.smoke import SmokeReport, run_smoke
-from deployer.state import StateDir
+from deployer.state import StateDir, StateLockBusy
 
 Progress = Callable[[str], None]
 LOG_TAIL_LINES = 50
@@ -269,29 +269,19 @@ def _make_readable(state: StateDir, files: dict[str, str]) -> None:
 @contextmanager
 def _state_lock(state: StateDir, manifest: Manifest) -> Iterator[None]:
     """Serialize with promotions: both rewrite models.config, and up must not read a half-finished swap."""
-    from filelock import FileLock, Timeout
-
-    state.ensure()
-    lock = FileLock(str(state.promote_lock), thread_local=False)
     try:
-        lock.acquire(timeout=manifest.server.reload_deadline_seconds + manifest.server.health_deadline_seconds)
-    except Timeout:
-        raise UsageError(
-            f"another deployer operation (a promotion?) holds {state.promote_lock}",
-            hint="retry when it has finished",
-        ) from None
-    try:
-        yield
-    finally:
-        lock.release()
+        with state.operation_lock(
+            "deployer up", timeout=manifest.server.reload_deadline_seconds + manifest.server.health_deadline_seconds
+        ):
+            yield
+    except StateLockBusy as exc:
+        raise UsageError(exc.message, hint="retry when it has finished") from None
 
 
 # ---- up -----------------------------------------------------------------------------------------
 
 
-def _ensure_versions(
-    manifest: Manifest, retrain: bool, say: Progress, timings: dict[str, float]
-) -> list[Exported]:
+def _ensure_versions(manifest: Manifest, retrain: bool, say: Progress, timings: dict[str, float]) -> list[Exported]:
     exported = []
     for model in manifest.models:
         base = manifest.base_path(model)
@@ -438,9 +428,7 @@ def up(
 
     t_smoke = time.perf_counter()
     try:
-        reports = [
-            run_smoke(client, model, label=model.primary_label) for model in manifest.models if model.smoke
-        ]
+        reports = [run_smoke(client, model, label=model.primary_label) for model in manifest.models if model.smoke]
     finally:
         client.close()
     timings["smoke"] = time.perf_counter() - t_smoke

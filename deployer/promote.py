@@ -20,16 +20,13 @@ This module never prints: progress goes through a callback and the outcome is a 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
-
-from filelock import FileLock, Timeout
 
 from deployer import health, smoke, store
 from deployer.client import ServingClient
@@ -37,13 +34,18 @@ from deployer.errors import DeployerError, PromoteFailed, StoreError, UsageError
 from deployer.ledger import Kind, Ledger, LedgerEntry, Result, current_user, last_successful
 from deployer.manifest import Manifest, ModelSpec
 from deployer.server_config import ServedModel, parse_models_config, render_models_config
-from deployer.state import StateDir, write_atomic
+from deployer.state import StateDir, StateLockBusy, write_atomic
 
 ProgressFn = Callable[[str], None]
 
 # After the label moves, the echo check retries briefly: a server may apply the label map a moment
 # after the reload RPC returns. The real server applies it synchronously, so this rarely loops.
 _VERIFY_POLL_S = 0.05
+
+
+# A connected client, or a factory that connects once the candidate passed its checks on disk, so a
+# broken version is refused even when no server runs.
+ClientSource = ServingClient | Callable[[], ServingClient]
 
 
 def _no_progress(message: str) -> None:
@@ -153,44 +155,22 @@ class _StepFailed(Exception):
 # ---- the promotion lock -------------------------------------------------------------------------
 
 
-def _owner_file(state: StateDir) -> Path:
-    # filelock truncates the lock file on open, so the holder's identity lives beside it.
-    return state.promote_lock.with_name(state.promote_lock.name + ".owner")
-
-
-def _describe_owner(state: StateDir) -> str:
-    try:
-        data = json.loads(_owner_file(state).read_text(encoding="utf-8"))
-        return f" (pid {int(data['pid'])})"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
-
-
 @contextmanager
 def promotion_lock(state: StateDir, project: str, *, wait: bool, progress: ProgressFn) -> Iterator[float]:
-    """Serialize promotions of one state directory; yields the seconds spent waiting."""
-    state.ensure()
-    # thread_local=False: the lock belongs to the promotion, not to whichever thread acquired it.
-    lock = FileLock(str(state.promote_lock), thread_local=False)
-    started = time.monotonic()
+    """Serialize promotions (and ups) of one state directory; yields the seconds spent waiting."""
+
+    def say_waiting(holder: str) -> None:
+        progress(f"waiting for another promotion of {project}{f' ({holder})' if holder else ''}…")
+
     try:
-        lock.acquire(blocking=False)
-    except Timeout:
-        holder = _describe_owner(state)
-        if not wait:
-            raise PromoteFailed(
-                f"another promotion of {project} is running{holder}",
-                hint="retry when it has finished, or drop --no-wait to queue behind it",
-            ) from None
-        progress(f"waiting for another promotion of {project}{holder}…")
-        lock.acquire()
-    waited = time.monotonic() - started
-    try:
-        write_atomic(_owner_file(state), json.dumps({"pid": os.getpid(), "user": current_user(), "since": time.time()}))
-        yield waited
-    finally:
-        _owner_file(state).unlink(missing_ok=True)
-        lock.release()
+        with state.operation_lock("promote", timeout=None if wait else 0, on_wait=say_waiting) as waited:
+            yield waited
+    except StateLockBusy as exc:
+        holder = f" ({exc.holder})" if exc.holder else ""
+        raise PromoteFailed(
+            f"another promotion of {project} is running{holder}",
+            hint="retry when it has finished, or drop --no-wait to queue behind it",
+        ) from None
 
 
 # ---- validation -----------------------------------------------------------------------------------
@@ -540,7 +520,7 @@ def _refused(manifest: Manifest, spec: ModelSpec, label: str, kind: Kind, versio
 
 def promote(
     manifest: Manifest,
-    client: ServingClient,
+    client: ClientSource,
     version: int,
     *,
     model_name: str | None = None,
@@ -566,7 +546,7 @@ def promote(
 
 def rollback(
     manifest: Manifest,
-    client: ServingClient,
+    client: ClientSource,
     *,
     model_name: str | None = None,
     label: str | None = None,
@@ -608,7 +588,7 @@ def rollback(
 def _execute(
     manifest: Manifest,
     spec: ModelSpec,
-    client: ServingClient,
+    client: ClientSource,
     label: str,
     kind: Kind,
     target: Callable[[list[LedgerEntry], int | None], int],
@@ -623,10 +603,11 @@ def _execute(
     """``validated`` is the time already spent validating the target, or None to validate under the lock."""
     state = StateDir(manifest.state_path)
     started = clock() - (validated or 0.0)
-    with promotion_lock(state, manifest.project, wait=wait, progress=progress) as waited:
+    with promotion_lock(state, manifest.project, wait=wait, progress=progress) as waited, ExitStack() as stack:
         # Everything below reads state under the lock: a promotion that waited sees the one before it.
+        live = client if isinstance(client, ServingClient) or not callable(client) else stack.enter_context(client())
         run = _Promotion(
-            manifest, spec, client, label, kind,
+            manifest, spec, live, label, kind,
             max_score_delta=max_score_delta, progress=progress, clock=clock, sleep=sleep,
         )  # fmt: skip
         run.started = started

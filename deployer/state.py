@@ -9,8 +9,13 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 from deployer.errors import DeployerError, StoreError
 from deployer.runtime.base import ServerHandle
@@ -36,6 +41,14 @@ def write_atomic(path: Path, text: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+class StateLockBusy(DeployerError):
+    """Another deployer operation holds the state directory's lock (``holder`` describes it, may be empty)."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class StateDir:
@@ -69,6 +82,61 @@ class StateDir:
     @property
     def pid_file(self) -> Path:
         return self.root / "server.pid"
+
+    @property
+    def lock_owner_file(self) -> Path:
+        # filelock truncates the lock file on open, so the holder's identity lives beside it.
+        return self.promote_lock.with_name(self.promote_lock.name + ".owner")
+
+    def describe_lock_holder(self) -> str:
+        """``pid N`` of the holder, plus its operation when that is not a promotion; empty if unknown."""
+        try:
+            data = json.loads(self.lock_owner_file.read_text(encoding="utf-8"))
+            operation = "" if data["operation"] == "promote" else f", {data['operation']}"
+            return f"pid {int(data['pid'])}{operation}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+
+    @contextmanager
+    def operation_lock(
+        self,
+        operation: str,
+        *,
+        timeout: float | None = None,
+        on_wait: Callable[[str], None] | None = None,
+    ) -> Iterator[float]:
+        """Serialize operations that rewrite models.config (up, promote, rollback); yields seconds waited.
+
+        ``timeout`` None waits forever, 0 fails at once; on failure raises StateLockBusy naming the holder.
+        """
+        self.ensure()
+        # thread_local=False: the lock belongs to the operation, not to whichever thread acquired it.
+        lock = FileLock(str(self.promote_lock), thread_local=False)
+        started = time.monotonic()
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            holder = self.describe_lock_holder()
+            if timeout == 0:
+                busy = f"{holder or 'another deployer operation'} holds {self.promote_lock}"
+                raise StateLockBusy(busy, holder) from None
+            if on_wait is not None:
+                on_wait(holder)
+            try:
+                lock.acquire(timeout=-1 if timeout is None else timeout)
+            except Timeout:
+                raise StateLockBusy(
+                    f"{holder or 'another deployer operation'} still holds {self.promote_lock} after {timeout:.0f} s",
+                    holder,
+                ) from None
+        waited = time.monotonic() - started
+        try:
+            owner = {"operation": operation, "pid": os.getpid(), "since": time.time()}
+            write_atomic(self.lock_owner_file, json.dumps(owner))
+            yield waited
+        finally:
+            self.lock_owner_file.unlink(missing_ok=True)
+            lock.release()
 
     def ensure(self) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import click
 
@@ -12,6 +13,9 @@ from deployer.ledger import Ledger
 from deployer.manifest import load_manifest
 from deployer.promote import PromoteReport, PromotionFailed
 from deployer.state import StateDir
+
+if TYPE_CHECKING:
+    from deployer.client import ServingClient
 
 label_option = click.option("--label", default=None, help="The label to move (default: the model's first label).")
 no_wait_option = click.option(
@@ -86,21 +90,23 @@ def promote(
     from deployer import promote as promotion
 
     manifest = load_manifest(manifest_path)
-    _, _, client = orchestrate.connect(manifest)
-    with client:
-        _run(
-            as_json,
-            lambda progress: promotion.promote(
-                manifest,
-                client,
-                version,
-                model_name=model_name,
-                label=label,
-                max_score_delta=max_score_delta,
-                wait=not no_wait,
-                progress=progress,
-            ),
-        )
+
+    def connect() -> ServingClient:
+        return orchestrate.connect(manifest)[2]
+
+    _run(
+        as_json,
+        lambda progress: promotion.promote(
+            manifest,
+            connect,
+            version,
+            model_name=model_name,
+            label=label,
+            max_score_delta=max_score_delta,
+            wait=not no_wait,
+            progress=progress,
+        ),
+    )
 
 
 @click.command()
@@ -125,21 +131,23 @@ def rollback(
     from deployer import promote as promotion
 
     manifest = load_manifest(manifest_path)
-    _, _, client = orchestrate.connect(manifest)
-    with client:
-        _run(
-            as_json,
-            lambda progress: promotion.rollback(
-                manifest,
-                client,
-                model_name=model_name,
-                label=label,
-                to=to_version,
-                max_score_delta=max_score_delta,
-                wait=not no_wait,
-                progress=progress,
-            ),
-        )
+
+    def connect() -> ServingClient:
+        return orchestrate.connect(manifest)[2]
+
+    _run(
+        as_json,
+        lambda progress: promotion.rollback(
+            manifest,
+            connect,
+            model_name=model_name,
+            label=label,
+            to=to_version,
+            max_score_delta=max_score_delta,
+            wait=not no_wait,
+            progress=progress,
+        ),
+    )
 
 
 def _smoke_text(smoke: dict[str, object]) -> str:

@@ -257,15 +257,6 @@ def _config_files_current(state: StateDir, files: dict[str, str]) -> bool:
     return True
 
 
-def _make_readable(state: StateDir, files: dict[str, str]) -> None:
-    """Atomic writes create 0600 files; a containerised server runs as another user and must read them."""
-    for name in files:
-        with suppress(OSError):
-            (state.config_dir / name).chmod(0o644)
-    with suppress(OSError):
-        state.config_dir.chmod(0o755)
-
-
 @contextmanager
 def _state_lock(state: StateDir, manifest: Manifest) -> Iterator[None]:
     """Serialize with promotions: both rewrite models.config, and up must not read a half-finished swap."""
@@ -377,7 +368,6 @@ def up(
                 state.clear_handle()
                 handle = None
         state.write_config_files(files)
-        _make_readable(state, files)
 
         started_here = False
         if handle is None:

@@ -141,6 +141,8 @@ class StateDir:
     def ensure(self) -> None:
         try:
             self.config_dir.mkdir(parents=True, exist_ok=True)
+            # Whatever the umask, a containerised server running as another user must reach the config.
+            self.config_dir.chmod(0o755)
         except OSError as exc:
             raise StoreError(f"cannot create the state directory {self.root}: {exc.strerror}") from None
 

@@ -165,7 +165,7 @@ def _smoke_text(smoke: dict[str, object]) -> str:
 @click.command()
 @manifest_option
 @model_option
-@label_option
+@click.option("--label", default=None, help="Only entries for this label.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the newest N entries.")
 @json_option
 def history(manifest_path: str, model_name: str | None, label: str | None, limit: int | None, as_json: bool) -> None:

@@ -161,6 +161,7 @@ def run() -> str:
     from tests.savedmodels import write_model
 
     rows: list[str] = []
+    loads = [os.getloadavg()[0]]
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "clf"
         write_model(base, 1, "good")
@@ -189,9 +190,8 @@ def run() -> str:
                     rss_per_version = (_rss_kb(proc.pid) - rss_one) / 1024
                 for clients in (1, 8):
                     rate, p50, p99 = _load(f"127.0.0.1:{port}", clients)
-                    rows.append(
-                        f"| {mode} | {clients} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {rate / ceiling:.2f}× |"
-                    )
+                    loads.append(os.getloadavg()[0])
+                    rows.append(f"| {mode} | {clients} | {rate:,.0f} | {p50:.2f} | {p99:.2f} | {rate / ceiling:.2f}× |")
             finally:
                 proc.terminate()
                 proc.wait(timeout=20)
@@ -209,6 +209,8 @@ def run() -> str:
             f"- In-process signature call (ceiling): **{ceiling:,.0f} calls/s**",
             f"- Process start → first version AVAILABLE, port open: **{startup:.1f} s** (includes importing TF)",
             f"- RSS added by a second loaded version: **{rss_per_version:.1f} MiB**",
+            f"- Machine load (1-min average, sampled after each cell): {min(loads):.1f}–{max(loads):.1f} "
+            "(other work on the machine shares the CPUs; the figures are noisy)",
             "",
             "| batching | clients | req/s | p50 ms | p99 ms | vs ceiling |",
             "|---|---|---|---|---|---|",

@@ -94,9 +94,15 @@ class BatchScheduler:
                     )
                 last = _Batch()
                 self._batches.append(last)
+                wake = True
+            else:
+                wake = False
             last.tasks.append(task)
             last.size += size
-            self._cond.notify()
+            # A batch thread needs waking only for a new batch or a full one: joining a batch that is
+            # still open changes nothing for a thread already waiting out the front batch's timeout.
+            if wake or last.size >= max_size:
+                self._cond.notify()
         if not task.done.wait(timeout):
             raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline exceeded while waiting in the batch queue")
         if task.error is not None:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployer import store
 from deployer.client import ServingClient, VersionStatus
@@ -25,6 +25,9 @@ from deployer.runtime.local import LocalRuntime
 from deployer.server_config import MODELS_CONFIG, ServedModel, parse_models_config, render_files, server_flags
 from deployer.smoke import SmokeReport, run_smoke
 from deployer.state import StateDir, StateLockBusy
+
+if TYPE_CHECKING:
+    from deployer.export import ExportResult
 
 Progress = Callable[[str], None]
 LOG_TAIL_LINES = 50
@@ -76,14 +79,6 @@ def _handle_json(handle: ServerHandle | None) -> dict[str, Any] | None:
 
 
 @dataclass(frozen=True)
-class Exported:
-    model: str
-    version: int
-    path: str
-    metrics: dict[str, float]
-
-
-@dataclass(frozen=True)
 class UpReport:
     project: str
     runtime: str
@@ -92,7 +87,7 @@ class UpReport:
     action_reason: str
     handle: ServerHandle
     models: list[ModelView]
-    exported: list[Exported]
+    exported: list[ExportResult]
     smoke: list[SmokeReport]
     health: HealthReport
     timings: dict[str, float]  # seconds per phase: runtime, train, export, start, healthy, smoke, total
@@ -110,7 +105,7 @@ class UpReport:
             "action_reason": self.action_reason,
             "server": _handle_json(self.handle),
             "models": [m.to_json() for m in self.models],
-            "exported": [e.__dict__ for e in self.exported],
+            "exported": [e.to_json() for e in self.exported],
             "smoke": {"passed": self.smoke_passed, "reports": [r.to_json() for r in self.smoke]},
             "health": {"elapsed_s": round(self.health.elapsed_s, 3), "checks": self.health.checks},
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
@@ -272,7 +267,9 @@ def _state_lock(state: StateDir, manifest: Manifest) -> Iterator[None]:
 # ---- up -----------------------------------------------------------------------------------------
 
 
-def _ensure_versions(manifest: Manifest, retrain: bool, say: Progress, timings: dict[str, float]) -> list[Exported]:
+def _ensure_versions(
+    manifest: Manifest, retrain: bool, say: Progress, timings: dict[str, float]
+) -> list[ExportResult]:
     exported = []
     for model in manifest.models:
         base = manifest.base_path(model)
@@ -288,14 +285,7 @@ def _ensure_versions(manifest: Manifest, retrain: bool, say: Progress, timings: 
         timings["train"] = timings.get("train", 0.0) + result.seconds_train
         timings["export"] = timings.get("export", 0.0) + result.seconds_export
         say(f"exported {model.name} version {result.version} to {result.path}")
-        exported.append(
-            Exported(
-                model=model.name,
-                version=result.version,
-                path=str(result.path),
-                metrics={k: float(v) for k, v in dict(result.metrics).items()},
-            )
-        )
+        exported.append(result)
     return exported
 
 

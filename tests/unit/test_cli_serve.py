@@ -15,6 +15,7 @@ from deployer import orchestrate
 from deployer.cli import main
 from deployer.client import ClassifyResult, VersionStatus
 from deployer.errors import NotHealthy, RuntimeUnavailable
+from deployer.export import ExportResult
 from deployer.health import HealthReport
 from deployer.runtime.base import ProcessState, ServerHandle
 from deployer.smoke import CaseResult, SmokeReport
@@ -42,7 +43,7 @@ def up_report(passed: bool = True) -> orchestrate.UpReport:
         action_reason="no server was running",
         handle=HANDLE,
         models=[orchestrate.ModelView("iris", "/x/exports/iris", statuses, {"stable": 1})],
-        exported=[orchestrate.Exported("iris", 1, "/x/exports/iris/1", {"accuracy": 0.97})],
+        exported=[ExportResult("iris", 1, Path("/x/exports/iris/1"), {"accuracy": 0.97}, 1.0, 0.5)],
         smoke=[smoke],
         health=HealthReport({"iris": statuses}, {"iris": {"stable": 1}}, 0.5, 3),
         timings={"runtime": 0, "train": 1.0, "export": 0.5, "start": 0.1, "healthy": 0.5, "smoke": 0.01, "total": 2.2},

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import types
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
@@ -19,6 +18,7 @@ import yaml
 from deployer import orchestrate
 from deployer.client import ClassifyResult, VersionStatus
 from deployer.errors import NotHealthy, RuntimeUnavailable, ServerRequestError, StoreError
+from deployer.export import ExportResult
 from deployer.manifest import Manifest, load_manifest
 from deployer.runtime.base import LaunchSpec, Layout, ProcessState, ServerHandle
 from deployer.server_config import ServedModel, parse_models_config, render_models_config
@@ -157,7 +157,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
         version = len(trained) + 1
         (base / str(version)).mkdir(parents=True)
         trained.append(version)
-        return types.SimpleNamespace(
+        return ExportResult(
             model=model.name, version=version, path=base / str(version), metrics={"accuracy": 0.97},
             seconds_train=1.5, seconds_export=0.5,
         )  # fmt: skip
@@ -165,7 +165,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     def no_docker(progress: Any) -> Any:
         raise RuntimeUnavailable("no daemon in unit tests")
 
-    monkeypatch.setitem(sys.modules, "deployer.export", types.SimpleNamespace(train_and_export=train_and_export))
+    monkeypatch.setattr("deployer.export.train_and_export", train_and_export)
     monkeypatch.setattr(orchestrate, "_local", lambda m: runtime)
     monkeypatch.setattr(orchestrate, "_docker", no_docker)
     monkeypatch.setattr(orchestrate, "ServingClient", FakeClient)

@@ -27,7 +27,10 @@ down: install
 docker-ready:
 	@scripts/ensure-docker
 
-test: install docker-ready image
+# Outside CI a machine without Docker still runs the unit and gRPC tiers (the Docker tier skips);
+# under CI=true a missing image fails here and a skipped tier fails .ci/run.
+test: install docker-ready
+	@$(MAKE) --no-print-directory image || { [ "$${CI:-}" != true ] && echo "make test: no compatible image; the Docker tier will skip" >&2; }
 	$(BIN)/python -m pytest -ra
 
 test-unit: install

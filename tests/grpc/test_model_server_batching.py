@@ -20,8 +20,10 @@ def server(model_server: Callable[..., RunningServer], tmp_path_factory: pytest.
     root: Path = tmp_path_factory.mktemp("models")
     write_model(root / "clf", 1, "good")
     params = root / "batching.config"
+    # A wide batch window: the queue-full test needs three requests queued before the first batch runs,
+    # which a loaded CI machine must not turn into a race.
     params.write_text(
-        "max_batch_size { value: 4 }\nbatch_timeout_micros { value: 300000 }\n"
+        "max_batch_size { value: 4 }\nbatch_timeout_micros { value: 2000000 }\n"
         "max_enqueued_batches { value: 2 }\nnum_batch_threads { value: 1 }\n"
     )
     return model_server(

@@ -31,23 +31,32 @@ def _env() -> dict[str, str]:
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=str(ROOT))
 
 
+# The measured CLI is started by this small launcher, not by the benchmark process: Python spawns
+# children with vfork, and Linux folds the pre-exec address space's high-water mark (here the bench's
+# own ~600 MB with TensorFlow loaded) into the child's ru_maxrss.
+_LAUNCHER = """
+import os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as report:
+    report.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _deployer(*args: str) -> tuple[subprocess.CompletedProcess[str], float, float]:
-    """Run the CLI; returns the process, its wall time and its own peak RSS in MB (wait4, not the group's)."""
-    # Output goes to files, not pipes: wait4 (for this child's own rusage) must not block on a full pipe.
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+    """Run the CLI; returns the process, its wall time and its own peak RSS in MB."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_file = Path(tmp) / "maxrss"
+        command = [sys.executable, "-c", "from deployer.cli import main; main()", *args]
         started = time.perf_counter()
-        process = subprocess.Popen(
-            [sys.executable, "-c", "from deployer.cli import main; main()", *args],
-            stdout=out, stderr=err, text=True, env=_env(), cwd=str(ROOT),
+        process = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, str(rss_file), *command],
+            capture_output=True, text=True, env=_env(), cwd=str(ROOT), check=False,
         )  # fmt: skip
-        _pid, status, usage = os.wait4(process.pid, 0)
         wall = time.perf_counter() - started
-        process.returncode = code = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    rss_mb = usage.ru_maxrss / 1024  # Linux reports KiB
-    return subprocess.CompletedProcess(process.args, code, stdout, stderr), wall, rss_mb
+        rss_mb = int(rss_file.read_text()) / 1024  # Linux reports KiB
+    return subprocess.CompletedProcess(command, process.returncode, process.stdout, process.stderr), wall, rss_mb
 
 
 def _manifest(workdir: Path, runtime: str, image: str | None) -> Path:

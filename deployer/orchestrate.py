@@ -497,21 +497,31 @@ def status(manifest: Manifest) -> StatusReport:
     return StatusReport(manifest.project, str(state.root), process.running, handle, process, models)
 
 
-def connect(manifest: Manifest) -> tuple[Runtime, ServerHandle, ServingClient]:
-    """The running server of this manifest and a client for it; NotHealthy when nothing runs."""
+def connect(manifest: Manifest, *, probe_seconds: float = 3.0) -> tuple[ServerHandle, ServingClient]:
+    """The running server of this manifest and a client for it; NotHealthy when nothing answers.
+
+    The runtime is consulted only when the gRPC port does not answer: the common case then needs no
+    Docker SDK import or daemon call, which keeps `deployer smoke` fast and small.
+    """
     state = StateDir(manifest.state_path)
     handle = _recorded(manifest, state)
     if handle is None:
         raise NotHealthy(f"no server is running for project {manifest.project}", hint=_hint_up(manifest))
-    runtime = runtime_named(handle.runtime, manifest)
-    process = runtime.state(handle)
+    client = ServingClient(handle.grpc_target)
+    if client.wait_until_reachable(probe_seconds):
+        return handle, client
+    client.close()
+    process = runtime_named(handle.runtime, manifest).state(handle)
     if not process.running:
         code = "" if process.exit_code is None else f", exit code {process.exit_code}"
         raise NotHealthy(
             f"the {handle.runtime} server of project {manifest.project} is not running ({process.detail}{code})",
             hint=_hint_up(manifest),
         )
-    return runtime, handle, ServingClient(handle.grpc_target)
+    raise NotHealthy(
+        f"the {handle.runtime} server of project {manifest.project} runs but {handle.grpc_target} does not answer",
+        hint=f"see `deployer logs -f {manifest.source or '<manifest>'}`",
+    )
 
 
 def logs(manifest: Manifest, tail: int = 100) -> str:

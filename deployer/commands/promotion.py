@@ -92,7 +92,7 @@ def promote(
     manifest = load_manifest(manifest_path)
 
     def connect() -> ServingClient:
-        return orchestrate.connect(manifest)[2]
+        return orchestrate.connect(manifest)[1]
 
     _run(
         as_json,
@@ -133,7 +133,7 @@ def rollback(
     manifest = load_manifest(manifest_path)
 
     def connect() -> ServingClient:
-        return orchestrate.connect(manifest)[2]
+        return orchestrate.connect(manifest)[1]
 
     _run(
         as_json,

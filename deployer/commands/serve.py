@@ -168,7 +168,7 @@ def smoke(
     models = [m for m in models if m.smoke]
     if not models:
         raise UsageError("the manifest has no smoke cases", hint="add models[].smoke entries")
-    _runtime, handle, client = connect(manifest)
+    handle, client = connect(manifest)
     reports = []
     try:
         for model in models:

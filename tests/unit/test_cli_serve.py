@@ -145,7 +145,7 @@ class FakeClient:
 
 def test_smoke_json_and_junit(manifest: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     client = FakeClient(wrong=False)
-    monkeypatch.setattr(orchestrate, "connect", lambda m: (None, HANDLE, client))
+    monkeypatch.setattr(orchestrate, "connect", lambda m: (HANDLE, client))
     junit = tmp_path / "reports" / "smoke.xml"
     result = run("smoke", "-f", manifest, "--json", "--junit", str(junit))
     assert result.exit_code == 0, result.output
@@ -156,7 +156,7 @@ def test_smoke_json_and_junit(manifest: str, monkeypatch: pytest.MonkeyPatch, tm
 
 
 def test_smoke_mismatch_exits_5(manifest: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(orchestrate, "connect", lambda m: (None, HANDLE, FakeClient(wrong=True)))
+    monkeypatch.setattr(orchestrate, "connect", lambda m: (HANDLE, FakeClient(wrong=True)))
     junit = tmp_path / "smoke.xml"
     result = run("smoke", "-f", manifest, "--version", "1", "--junit", str(junit))
     assert result.exit_code == 5

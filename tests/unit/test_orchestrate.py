@@ -61,6 +61,8 @@ class World:
         self.served: dict[str, ServedModel] = {}
         self.wrong = False
         self.exit_after_start = False
+        self.silent = False  # the process runs but its gRPC port does not answer
+        self.state_checks = 0
 
 
 class FakeRuntime:
@@ -88,6 +90,7 @@ class FakeRuntime:
         return next(iter(self.running.values()), None)
 
     def state(self, handle: ServerHandle) -> ProcessState:
+        self.world.state_checks += 1
         if self.world.exit_after_start or handle.ident not in self.running:
             return ProcessState(False, 3, "exited")
         return ProcessState(True, None, "running")
@@ -105,12 +108,17 @@ class FakeRuntime:
 
 class FakeClient:
     world: ClassVar[World]
+    runtime: ClassVar[FakeRuntime]
 
     def __init__(self, target: str, timeout: float = 10.0) -> None:
         self.target = target
 
     def close(self) -> None:
         pass
+
+    def wait_until_reachable(self, timeout: float) -> bool:
+        running = {h.grpc_target for h in self.runtime.running.values()}
+        return not (self.world.exit_after_start or self.world.silent) and self.target in running
 
     def model_status(self, model: str, *, version: int | None = None, timeout: float | None = None) -> Any:
         if self.world.exit_after_start:
@@ -151,6 +159,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     runtime = FakeRuntime(world, StateDir(manifest.state_path))
     trained: list[int] = []
     FakeClient.world = world
+    FakeClient.runtime = runtime
 
     def train_and_export(manifest: Manifest, model: Any, *, now: float | None = None) -> Any:
         base = manifest.base_path(model)
@@ -295,7 +304,7 @@ def test_status_connect_down(env: Env) -> None:
     assert status.running and status.handle == up.handle
     assert status.to_json()["models"][0]["labels"] == {"stable": 1}
     assert [s.state for s in status.models[0].versions] == ["AVAILABLE"]
-    _runtime, handle, client = orchestrate.connect(env.manifest)
+    handle, client = orchestrate.connect(env.manifest)
     assert handle == up.handle and client.target == handle.grpc_target
     assert "E boom" in orchestrate.logs(env.manifest)
 
@@ -314,6 +323,17 @@ def test_connect_when_the_server_exited(env: Env) -> None:
         orchestrate.connect(env.manifest)
     assert orchestrate.status(env.manifest).running is False
     assert up.handle.ident == "1001"
+
+
+def test_connect_asks_the_runtime_only_when_the_port_does_not_answer(env: Env) -> None:
+    orchestrate.up(env.manifest)
+    env.world.state_checks = 0
+    handle, _client = orchestrate.connect(env.manifest)
+    assert env.world.state_checks == 0
+    env.world.silent = True
+    with pytest.raises(NotHealthy, match=f"runs but {handle.grpc_target} does not answer"):
+        orchestrate.connect(env.manifest, probe_seconds=0.01)
+    assert env.world.state_checks == 1
 
 
 class FakeDocker(FakeRuntime):

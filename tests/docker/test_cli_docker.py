@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 from deployer.runtime.docker import LABEL_MANAGED, LABEL_PROJECT, DockerRuntime, compat_image
-from tests.savedmodels import FEATURES, IRIS_ROWS, write_model
+from tests import manifests
+from tests.savedmodels import write_model
 
 pytestmark = pytest.mark.docker
 
@@ -37,35 +38,13 @@ def deployer(*args: str, env: dict[str, str] | None = None, timeout: float = 300
 
 
 def write_manifest(root: Path, project: str, image: str, **server: Any) -> Path:
-    doc = {
-        "project": project,
-        "state_dir": "state",
-        "models": [
-            {
-                "name": "iris",
-                "trainer": "models.iris.trainer:train",
-                "base_path": "exports/iris",
-                "features": [{"name": n} for n in FEATURES],
-                "classes": ["0", "1", "2"],
-                "smoke": [
-                    {"name": f"row{i}", "features": dict(zip(FEATURES, row, strict=True)), "expect_class": str(i)}
-                    for i, row in enumerate(IRIS_ROWS)
-                ],
-            }
-        ],
-        "server": {
-            "runtime": "docker",
-            "image": image,
-            "grpc_port": 0,
-            "rest_port": 0,
-            "health_deadline_seconds": 120,
-            "container": {"memory": "1g"},
-            **server,
-        },
-    }
-    path = root / "deployer.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    settings = {"runtime": "docker", "image": image, "grpc_port": 0, "rest_port": 0, "health_deadline_seconds": 120}
+    return manifests.write_manifest(
+        root,
+        project,
+        smoke=manifests.smoke_cases(min_score=None),
+        server={**settings, "container": {"memory": "1g"}, **server},
+    )
 
 
 @pytest.fixture()
@@ -78,9 +57,7 @@ def manifest(tmp_path: Path, project: str, image: str) -> Iterator[Path]:
 
 def containers(runtime: DockerRuntime, project: str) -> list[Any]:
     # sparse: no per-container inspect, which races with a container being removed meanwhile.
-    return list(
-        runtime.client.containers.list(all=True, sparse=True, filters={"label": f"{LABEL_PROJECT}={project}"})
-    )
+    return list(runtime.client.containers.list(all=True, sparse=True, filters={"label": f"{LABEL_PROJECT}={project}"}))
 
 
 def test_up_smoke_status_reuse_down(manifest: Path, runtime: DockerRuntime, project: str, tmp_path: Path) -> None:

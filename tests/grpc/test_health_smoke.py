@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from deployer.client import ServingClient
 from deployer.errors import NotHealthy
@@ -28,6 +27,7 @@ from deployer.runtime.local import LocalRuntime
 from deployer.server_config import ServedModel, render_files, render_models_config, server_flags
 from deployer.smoke import run_smoke, run_smoke_rest
 from deployer.state import StateDir
+from tests import manifests
 from tests.grpc.conftest import RunningServer
 from tests.savedmodels import FEATURES, IRIS_ROWS, write_model
 
@@ -156,24 +156,8 @@ def deployer(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[st
 
 
 def write_manifest(root: Path, project: str) -> Path:
-    doc = {
-        "project": project,
-        "state_dir": "state",
-        "models": [
-            {
-                "name": "iris",
-                "trainer": "models.iris.trainer:train",
-                "base_path": "exports/iris",
-                "features": [{"name": n} for n in FEATURES],
-                "classes": ["0", "1", "2"],
-                "smoke": smoke_cases(),
-            }
-        ],
-        "server": {"runtime": "local", "grpc_port": 0, "rest_port": 0, "health_deadline_seconds": 90},
-    }
-    path = root / "deployer.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
+    server = {"runtime": "local", "grpc_port": 0, "rest_port": 0, "health_deadline_seconds": 90}
+    return manifests.write_manifest(root, project, server=server)
 
 
 @pytest.fixture()

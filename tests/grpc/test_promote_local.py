@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
 
 from deployer.client import ServingClient
 from deployer.errors import ServerRequestError
@@ -30,6 +29,7 @@ from deployer.ledger import Ledger, LedgerEntry
 from deployer.promote import promotion_lock
 from deployer.server_config import ServedModel, parse_models_config
 from deployer.state import StateDir
+from tests import manifests
 from tests.conftest import skip_or_fail
 
 pytestmark = pytest.mark.grpc
@@ -141,34 +141,14 @@ class Deployment:
 
 
 def write_manifest(root: Path, project: str) -> Path:
-    manifest = {
-        "project": project,
-        "state_dir": "state",
-        "models": [
-            {
-                "name": MODEL,
-                "trainer": "models.iris.trainer:train",
-                "base_path": f"models/{MODEL}",
-                "features": [{"name": name} for name in FEATURES],
-                "classes": ["0", "1", "2"],
-                "labels": ["stable"],
-                "smoke": [
-                    {"name": f"row{i}", "features": example(i), "expect_class": str(i), "min_score": 0.5}
-                    for i in range(len(ROWS))
-                ],
-            }
-        ],
-        "server": {
-            "grpc_port": 0,
-            "rest_port": 0,
-            "health_deadline_seconds": 120,
-            "reload_deadline_seconds": 60,
-            "container": {"memory": "1g", "pids_limit": 256},
-        },
+    server = {
+        "grpc_port": 0,
+        "rest_port": 0,
+        "health_deadline_seconds": 120,
+        "reload_deadline_seconds": 60,
+        "container": {"memory": "1g", "pids_limit": 256},
     }
-    path = root / "deployer.yaml"
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    return path
+    return manifests.write_manifest(root, project, base_path=f"models/{MODEL}", server=server)
 
 
 @pytest.fixture

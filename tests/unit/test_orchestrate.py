@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-import yaml
 
 from deployer import orchestrate
 from deployer.client import ClassifyResult, VersionStatus
@@ -23,35 +22,19 @@ from deployer.manifest import Manifest, load_manifest
 from deployer.runtime.base import LaunchSpec, Layout, ProcessState, ServerHandle
 from deployer.server_config import ServedModel, parse_models_config, render_models_config
 from deployer.state import StateDir
+from tests import manifests
 
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 
 
 def write_manifest(tmp_path: Path, **server: Any) -> Path:
-    doc = {
-        "project": f"t-{uuid.uuid4().hex[:8]}",
-        "state_dir": ".deployer",
-        "models": [
-            {
-                "name": "iris",
-                "trainer": "models.iris.trainer:train",
-                "base_path": "exports/iris",
-                "features": [{"name": n} for n in FEATURES],
-                "classes": ["0", "1", "2"],
-                "labels": ["stable"],
-                "smoke": [
-                    {"name": "setosa", "features": dict(zip(FEATURES, (5.1, 3.3, 1.7, 0.5), strict=True)),
-                     "expect_class": "0"},
-                    {"name": "virginica", "features": dict(zip(FEATURES, (6.9, 3.1, 5.4, 2.1), strict=True)),
-                     "expect_class": "2", "min_score": 0.5},
-                ],
-            }
-        ],
-        "server": {"runtime": "local", "grpc_port": 0, "rest_port": 0, "health_deadline_seconds": 2, **server},
-    }
-    path = tmp_path / "deployer.yaml"
-    path.write_text(yaml.safe_dump(doc), encoding="utf-8")
-    return path
+    smoke = manifests.smoke_cases(min_score=None, rows=[(5.1, 3.3, 1.7, 0.5), (6.9, 3.1, 5.4, 2.1)])
+    smoke[0].update(name="setosa")
+    smoke[1].update(name="virginica", expect_class="2", min_score=0.5)
+    settings = {"runtime": "local", "grpc_port": 0, "rest_port": 0, "health_deadline_seconds": 2, **server}
+    return manifests.write_manifest(
+        tmp_path, f"t-{uuid.uuid4().hex[:8]}", state_dir=".deployer", smoke=smoke, server=settings
+    )
 
 
 class World:

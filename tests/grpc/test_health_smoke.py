@@ -14,7 +14,6 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,18 +28,11 @@ from deployer.smoke import run_smoke, run_smoke_rest
 from deployer.state import StateDir
 from tests import manifests
 from tests.grpc.conftest import RunningServer
-from tests.savedmodels import FEATURES, IRIS_ROWS, write_model
+from tests.savedmodels import FEATURES, write_model
 
 pytestmark = pytest.mark.grpc
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def smoke_cases() -> list[dict[str, Any]]:
-    return [
-        {"name": f"row{i}", "features": dict(zip(FEATURES, row, strict=True)), "expect_class": str(i), "min_score": 0.5}
-        for i, row in enumerate(IRIS_ROWS)
-    ]
 
 
 def model_spec() -> ModelSpec:
@@ -51,7 +43,7 @@ def model_spec() -> ModelSpec:
             "base_path": "unused",
             "features": [{"name": n} for n in FEATURES],
             "classes": ["0", "1", "2"],
-            "smoke": smoke_cases(),
+            "smoke": manifests.smoke_cases(),
         }
     )
 

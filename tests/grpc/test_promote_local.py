@@ -31,12 +31,11 @@ from deployer.server_config import ServedModel, parse_models_config
 from deployer.state import StateDir
 from tests import manifests
 from tests.conftest import skip_or_fail
+from tests.savedmodels import FEATURES, IRIS_ROWS
 
 pytestmark = pytest.mark.grpc
 
 REPO = Path(__file__).resolve().parents[2]
-FEATURES = ("SepalLength", "SepalWidth", "PetalLength", "PetalWidth")
-ROWS = ((5.1, 3.3, 1.7, 0.5), (5.9, 3.0, 4.2, 1.5), (6.9, 3.1, 5.4, 2.1))
 MODEL = "iris"
 CLI_TIMEOUT = 300.0
 
@@ -57,7 +56,7 @@ def cli_command(*args: str) -> list[str]:
 
 
 def example(row: int = 0) -> dict[str, float]:
-    return dict(zip(FEATURES, ROWS[row], strict=True))
+    return dict(zip(FEATURES, IRIS_ROWS[row], strict=True))
 
 
 @pytest.fixture(scope="session")

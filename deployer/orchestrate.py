@@ -186,10 +186,6 @@ def choose_runtime(
     return runtime, f"auto: a Docker engine answers and image {wanted_image} is present"
 
 
-def select_runtime(manifest: Manifest, choice: str | None = None) -> Runtime:
-    return choose_runtime(manifest, choice)[0]
-
-
 def runtime_named(name: str, manifest: Manifest, progress: Progress | None = None) -> Runtime:
     """The runtime that started a recorded handle."""
     if name == "local":
@@ -221,12 +217,11 @@ def desired_models(manifest: Manifest, state: StateDir, layout: Layout) -> list[
         versions = sorted(v for v in before.versions if v in on_disk) if before else []
         labels = {k: v for k, v in before.labels.items() if v in versions} if before else {}
         if not versions:
-            latest = store.latest_version(base)
-            if latest is None:
+            if not on_disk:
                 raise StoreError(
                     f"model {model.name} has no version under {base}", hint="run `deployer up` (it trains one)"
                 )
-            versions, labels = [latest], {}
+            versions, labels = [max(on_disk)], {}
         for label in model.labels:
             # A manifest label whose version vanished lands on the newest served version rather than nowhere.
             labels.setdefault(label, versions[-1])

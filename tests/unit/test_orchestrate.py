@@ -241,6 +241,13 @@ def test_desired_models_puts_a_lost_manifest_label_on_the_newest_version(env: En
     assert served.versions == (1, 2) and served.labels == {"stable": 2}
 
 
+def test_desired_models_first_time_serves_the_newest_version_with_every_label(env: Env) -> None:
+    for v in (1, 3, 2):
+        (env.base / str(v)).mkdir(parents=True)
+    [served] = orchestrate.desired_models(env.manifest, env.state, Layout({"iris": "/x"}, "/c"))
+    assert served.versions == (3,) and served.labels == {"stable": 3}
+
+
 def test_desired_models_without_any_version(env: Env) -> None:
     with pytest.raises(StoreError, match="no version under"):
         orchestrate.desired_models(env.manifest, env.state, Layout({"iris": "/x"}, "/c"))
@@ -341,7 +348,7 @@ def test_auto_picks_docker_only_when_daemon_and_image_work(env: Env, monkeypatch
     monkeypatch.setattr(orchestrate, "_docker", lambda progress: FakeDocker(image_ok=True))
     runtime, why = orchestrate.choose_runtime(env.manifest, "auto")
     assert runtime.name == "docker" and env.manifest.server.image in why
-    assert orchestrate.select_runtime(env.manifest, "local").name == "local"
+    assert orchestrate.choose_runtime(env.manifest, "local")[0].name == "local"
 
 
 def test_explicit_docker_propagates_unavailable(env: Env) -> None:

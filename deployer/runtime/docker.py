@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -50,8 +51,11 @@ _PORT_IN_USE = re.compile(r"(?:Bind for |listen tcp[46]? )(\S+?):(\d+)")
 
 
 def compat_image() -> str:
-    """The locally built TF-Serving-compatible image for this package version."""
-    return f"{COMPAT_IMAGE_REPOSITORY}:{__version__}"
+    """The locally built TF-Serving-compatible image for this package version.
+
+    ``$DEPLOYER_COMPAT_IMAGE`` names another tag, so two checkouts on one daemon keep their images apart.
+    """
+    return os.environ.get("DEPLOYER_COMPAT_IMAGE") or f"{COMPAT_IMAGE_REPOSITORY}:{__version__}"
 
 
 def container_name(project: str) -> str:

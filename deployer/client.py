@@ -41,6 +41,7 @@ _ERROR_CODE_ENUM = (
 )
 
 FeatureValue = float | int | str | bytes
+_INFERENCE_METHODS = frozenset({"Classify", "Regress", "Predict"})
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,15 @@ class ServingClient:
             results=[[(c.label, float(c.score)) for c in cls.classes] for cls in response.result.classifications],
             latency_s=latency,
         )
+
+    def infer(self, method: str, request: Any, *, timeout: float | None = None) -> tuple[Any, float]:
+        """One PredictionService call (``Classify``, ``Regress`` or ``Predict``) of a request built by
+        deployer.apis.request_builder; returns the response and its latency in seconds."""
+        if method not in _INFERENCE_METHODS:
+            raise ValueError(f"unknown inference method {method!r}")
+        started = time.perf_counter()
+        response = self._call(method, getattr(self._predictions, method), request, timeout)
+        return response, time.perf_counter() - started
 
     def metadata(
         self, model: str, *, version: int | None = None, label: str | None = None, timeout: float | None = None

@@ -3,11 +3,12 @@
 TensorFlow (and Keras) are imported inside the functions that need them, so importing this module
 is cheap: other modules may import its dataclasses and TF-free helpers freely.
 
-The exported ``serving_default`` signature is TF Serving's Classify contract: one input ``inputs``,
-a 1-D DT_STRING batch of serialized ``tf.Example``; outputs ``classes`` [B, K] DT_STRING (the class
-labels, tiled per row) and ``scores`` [B, K] DT_FLOAT. It is written with Keras'
-``ExportArchive`` because a ``tf.Module`` wrapping a Keras 3 model, saved with
-``tf.saved_model.save``, fails the session-based loader TF Serving uses ("Could not find variable").
+The exported signature is the one of the model's API (deployer.apis): Classify (one input ``inputs``,
+serialized tf.Examples; outputs ``classes`` [B, K] DT_STRING and ``scores`` [B, K] DT_FLOAT), Regress
+(``inputs`` → ``outputs`` [B] DT_FLOAT) or Predict (the manifest's named tensors). The API's piece
+wraps the trainer's Keras model; it is written with Keras' ``ExportArchive`` because a ``tf.Module``
+wrapping a Keras 3 model, saved with ``tf.saved_model.save``, fails the session-based loader TF Serving
+uses ("Could not find variable").
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import time
 from collections.abc import Sequence
@@ -23,17 +25,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deployer import __version__, store
+from deployer import __version__, apis, store
+from deployer.apis import examples, request_builder
+from deployer.apis.base import Api, Batch
 from deployer.errors import InputDataError, StoreError, TrainerError
 from deployer.manifest import Manifest, ModelSpec
-from deployer.protos import tf_proto
 from deployer.trainer import TrainResult, load_trainer, run_trainer
 
 # TF Serving reads at most this many warmup records.
 MAX_WARMUP_RECORDS = 1000
 MAX_PUBLISH_ATTEMPTS = 5
 
-Row = dict[str, float]
+Row = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -65,91 +68,47 @@ class Prediction:
 
     def to_json(self) -> dict[str, Any]:
         return {"features": self.features, "class": self.class_id, "probability": self.probability,
-                "scores": self.scores}
+                "scores": self.scores}  # fmt: skip
 
 
 # ---- tf.Example (no TensorFlow import) -------------------------------------------------------
-def make_example(row: Row, feature_names: Sequence[str]) -> Any:
-    """A ``tf.train.Example`` with one float per feature."""
-    example_pb2 = tf_proto("tensorflow.core.example.example_pb2")
-    example = example_pb2.Example()
-    for name in feature_names:
-        example.features.feature[name].float_list.value.append(float(row[name]))
-    return example
-
-
 def serialize_examples(rows: Sequence[Row], feature_names: Sequence[str]) -> list[bytes]:
-    return [make_example(row, feature_names).SerializeToString() for row in rows]
+    """Serialized tf.Examples of float features (the iris-era helper; typed rows go through deployer.apis)."""
+    model = ModelSpec.model_validate(
+        {"name": "rows", "base_path": ".", "api": "classify", "features": [{"name": n} for n in feature_names]}
+    )
+    return examples.serialize(model, rows)
 
 
 # ---- export ----------------------------------------------------------------------------------
-def _check_model_shape(keras_model: Any, model: ModelSpec) -> None:
-    """The trainer contract: float32 [B, n_features] → [B, n_classes]. Checked before anything is written."""
-    import numpy as np
-
-    n_features, n_classes = len(model.features), len(model.classes)
-    try:
-        probe = keras_model(np.zeros((2, n_features), dtype=np.float32), training=False)
-        shape = tuple(int(d) for d in probe.shape)
-    except Exception as exc:  # any failure here means the trainer broke the contract
-        raise TrainerError(
-            f"trainer {model.trainer!r}: its model does not accept float32 [batch, {n_features}]: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
-    if shape != (2, n_classes):
-        raise TrainerError(
-            f"trainer {model.trainer!r}: its model maps [2, {n_features}] to {list(shape)}, expected [2, {n_classes}]"
-        )
+def trainer_api(model: ModelSpec) -> Api:
+    api = model.declared_api
+    if api is None:  # the manifest refuses a trainer without an API; a hand-built ModelSpec may lack it
+        raise TrainerError(f"model {model.name}: a trainer-built model needs models[].api")
+    return apis.piece(api)
 
 
 def write_saved_model(keras_model: Any, model: ModelSpec, dest: Path) -> None:
-    """Write ``keras_model`` wrapped in the Classify signature as a SavedModel at ``dest`` (must not exist)."""
+    """Write ``keras_model`` wrapped in its API's signature as a SavedModel at ``dest`` (must not exist)."""
     import keras
-    import tensorflow as tf
 
-    _check_model_shape(keras_model, model)
-    feature_names = model.feature_names
-    feature_spec = {name: tf.io.FixedLenFeature([], tf.float32) for name in feature_names}
-    class_row = tf.constant([model.classes], dtype=tf.string)
-
-    def classify(inputs: Any) -> dict[str, Any]:
-        parsed = tf.io.parse_example(inputs, feature_spec)
-        features = tf.stack([parsed[name] for name in feature_names], axis=1)
-        scores = tf.cast(keras_model(features, training=False), tf.float32)
-        classes = tf.tile(class_row, [tf.shape(inputs)[0], 1])
-        return {store.CLASSIFY_CLASSES: classes, store.CLASSIFY_SCORES: scores}
-
+    function, input_signature = trainer_api(model).export_function(keras_model, model)
     archive = keras.export.ExportArchive()
     archive.track(keras_model)
-    archive.add_endpoint(
-        name=model.signature_name,
-        fn=classify,
-        input_signature=[tf.TensorSpec([None], tf.string, name=store.CLASSIFY_INPUT)],
-    )
+    archive.add_endpoint(name=model.signature_name, fn=function, input_signature=input_signature)
     archive.write_out(str(dest), verbose=False)
 
 
-def warmup_rows(model: ModelSpec) -> list[Row]:
-    """The smoke cases' features (a zero row if there are none): known-good inputs for TF Serving's warmup."""
-    rows = [dict(case.features) for case in model.smoke]
-    return rows or [dict.fromkeys(model.feature_names, 0.0)]
-
-
-def write_warmup(dest: Path, model: ModelSpec, rows: Sequence[Row]) -> Path:
-    """``assets.extra/tf_serving_warmup_requests``: one Classify PredictionLog with every row."""
+def write_warmup(dest: Path, model: ModelSpec, api: Api) -> Path | None:
+    """``assets.extra/tf_serving_warmup_requests``: PredictionLogs of the model's API from the smoke cases."""
     import tensorflow as tf
-    from tensorflow_serving.apis import classification_pb2, prediction_log_pb2
 
-    request = classification_pb2.ClassificationRequest()
-    request.model_spec.name = model.name
-    request.model_spec.signature_name = model.signature_name
-    request.input.example_list.examples.extend(make_example(row, model.feature_names) for row in rows)
-    records = [prediction_log_pb2.PredictionLog(classify_log=prediction_log_pb2.ClassifyLog(request=request))]
+    records = request_builder.warmup_records(api, model)[:MAX_WARMUP_RECORDS]
     path = dest / store.ASSETS_EXTRA / store.WARMUP_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for record in records[:MAX_WARMUP_RECORDS]:
-            writer.write(record.SerializeToString())
+        for record in records:
+            writer.write(record)
     return path
 
 
@@ -157,7 +116,28 @@ def write_metadata(dest: Path, metadata: dict[str, Any]) -> Path:
     path = dest / store.ASSETS_EXTRA / store.METADATA_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metadata, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.chmod(path, 0o644)
     return path
+
+
+def publish_version(
+    tmp_dir: Path, base_path: Path, version: int, metadata: dict[str, Any], *, now: float | None, fixed: bool
+) -> tuple[int, Path]:
+    """Write the metadata and publish ``tmp_dir`` as ``version``, atomically. When another exporter takes
+    the number meanwhile, move to the next one, unless the caller asked for exactly this ``version``."""
+    for _attempt in range(MAX_PUBLISH_ATTEMPTS):
+        metadata["version"] = version
+        write_metadata(tmp_dir, metadata)
+        try:
+            return version, store.publish(tmp_dir, base_path, version)
+        except store.VersionExists:
+            if fixed:
+                raise StoreError(
+                    f"version {version} already exists under {base_path}; versions are never overwritten",
+                    hint="choose another --version, or leave it out to take the next free one",
+                ) from None
+            version = store.allocate_version(base_path, now)
+    raise StoreError(f"could not publish under {base_path}: every allocated version was taken")
 
 
 def export_model(
@@ -173,6 +153,7 @@ def export_model(
 ) -> ExportResult:
     """Export an already-built Keras model as the next version of ``model``, atomically."""
     started = time.perf_counter()
+    api = trainer_api(model)
     base_path = manifest.base_path(model)
     store.ensure_base_path(base_path)
     store.remove_stale_temp_dirs(base_path)
@@ -180,35 +161,27 @@ def export_model(
     tmp_dir = store.make_temp_dir(base_path, version)
     try:
         write_saved_model(keras_model, model, tmp_dir)
-        write_warmup(tmp_dir, model, warmup_rows(model))
+        write_warmup(tmp_dir, model, api)
         created = datetime.fromtimestamp(time.time() if now is None else now, tz=UTC)
         metadata: dict[str, Any] = {
             "model": model.name,
             "version": version,
             "created_at": created.isoformat(timespec="seconds"),
+            "source": "trainer",
+            "api": api.name,
             "metrics": metrics,
             "data_hash": data_hash,
             "deployer_version": __version__,
             "features": model.feature_names,
-            "classes": list(model.classes),
+            "classes": model.class_names,
+            "inputs": [t.model_dump() for t in model.inputs or []],
             "signature_name": model.signature_name,
             "trainer": model.trainer,
             "seconds_train": round(seconds_train, 3),
         }
         if extra:
             metadata["training"] = extra
-        write_metadata(tmp_dir, metadata)
-        # A concurrent exporter may take our number between allocation and rename: move to the next.
-        for _attempt in range(MAX_PUBLISH_ATTEMPTS):
-            try:
-                path = store.publish(tmp_dir, base_path, version)
-                break
-            except store.VersionExists:
-                version = store.allocate_version(base_path, now)
-                metadata["version"] = version
-                write_metadata(tmp_dir, metadata)
-        else:
-            raise StoreError(f"could not publish under {base_path}: every allocated version was taken")
+        version, path = publish_version(tmp_dir, base_path, version, metadata, now=now, fixed=False)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
@@ -224,6 +197,11 @@ def export_model(
 
 def preflight(manifest: Manifest, model: ModelSpec) -> None:
     """The cheap checks (base path writable, trainer importable) that should fail before any training."""
+    if model.trainer is None:
+        raise TrainerError(
+            f"model {model.name} has no trainer (its source is {model.source.replace('_', ' ')})",
+            hint="`deployer import` publishes a SavedModel built elsewhere; `deployer up` serves what is there",
+        )
     store.ensure_base_path(manifest.base_path(model))
     load_trainer(manifest, model)
 
@@ -247,32 +225,47 @@ def train_and_export(manifest: Manifest, model: ModelSpec, *, now: float | None 
 
 
 # ---- local prediction ------------------------------------------------------------------------
-def predict_local(path: Path, model: ModelSpec, rows: Sequence[Row]) -> list[Prediction]:
-    """Run ``rows`` through the exported signature in-process, as serialized tf.Examples."""
-    import tensorflow as tf
+@dataclass(frozen=True)
+class LocalAnswer:
+    api: Api
+    answer: Any
 
-    loaded = tf.saved_model.load(str(path))
-    signature = loaded.signatures[model.signature_name]
-    outputs = signature(**{store.CLASSIFY_INPUT: tf.constant(serialize_examples(rows, model.feature_names))})
-    classes = outputs[store.CLASSIFY_CLASSES].numpy()
-    scores = outputs[store.CLASSIFY_SCORES].numpy()
-    predictions = []
-    for row, row_classes, row_scores in zip(rows, classes, scores, strict=True):
-        labels = [c.decode() for c in row_classes]
-        best = int(row_scores.argmax())
-        predictions.append(
-            Prediction(
-                features=dict(row),
-                class_id=labels[best],
-                probability=float(row_scores[best]),
-                scores={label: float(s) for label, s in zip(labels, row_scores, strict=True)},
-            )
-        )
-    return predictions
+    def to_json(self) -> list[dict[str, Any]]:
+        return self.api.to_json(self.answer)
+
+
+def run_local(path: Path, model: ModelSpec, batch: Batch) -> LocalAnswer:
+    """Run ``batch`` through the version's signature in-process, loaded as TF Serving loads it."""
+    from deployer.local_run import LocalModel
+
+    sig = store.find_signature(path, model)
+    api = apis.resolve(model, sig)
+    with LocalModel(path) as loaded:
+        return LocalAnswer(api, api.run_local(model, loaded.caller(sig), sig, batch))
+
+
+def predict_local(path: Path, model: ModelSpec, rows: Sequence[Row]) -> list[Prediction]:
+    """Classify ``rows`` in-process (the classify-era helper the seed-parity tests use)."""
+    answer = run_local(path, model, list(rows))
+    return [
+        Prediction(features=dict(row), class_id=item["class"], probability=item["probability"], scores=item["scores"])
+        for row, item in zip(rows, answer.to_json(), strict=True)
+    ]
 
 
 # ---- prediction input ------------------------------------------------------------------------
-def _number(value: Any, where: str) -> float:
+_FEATURE_INPUT_HINT = (
+    "a predict model takes --input FILE.json in TF Serving's REST format: "
+    '{"instances": [...]} (row) or {"inputs": ...} (columnar)'
+)
+
+
+def _value(value: Any, dtype: str, where: str) -> Any:
+    """One feature value from a CSV cell, a NAME=VALUE pair or JSON, as its dtype's Python value."""
+    if dtype == "string":
+        if not isinstance(value, str):
+            raise InputDataError(f"{where}: {value!r} is not a string")
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InputDataError(f"{where}: {value!r} is not a number")
     try:
@@ -281,18 +274,29 @@ def _number(value: Any, where: str) -> float:
         raise InputDataError(f"{where}: {value!r} is not a number") from None
     if not math.isfinite(number):
         raise InputDataError(f"{where}: {value!r} is not a finite number")
+    if dtype == "int":
+        if not number.is_integer():
+            raise InputDataError(f"{where}: {value!r} is not an integer")
+        return int(value) if isinstance(value, int) else int(number)
     return number
 
 
-def _row(record: dict[str, Any], feature_names: Sequence[str], where: str) -> Row:
-    missing = [name for name in feature_names if name not in record]
+def _row(record: dict[str, Any], model: ModelSpec, where: str) -> Row:
+    missing = [name for name in model.feature_names if name not in record]
     if missing:
         raise InputDataError(f"{where}: missing feature {', '.join(repr(m) for m in missing)}")
-    return {name: _number(record[name], f"{where}: {name}") for name in feature_names}
+    return {f.name: _value(record[f.name], f.dtype, f"{where}: {f.name}") for f in model.features or []}
 
 
-def rows_from_csv(path: Path, feature_names: Sequence[str]) -> list[Row]:
+def _feature_model(model: ModelSpec) -> None:
+    if model.features is None:
+        raise InputDataError(f"model {model.name} has no tf.Example features", hint=_FEATURE_INPUT_HINT)
+
+
+def rows_from_csv(path: Path, model: ModelSpec) -> list[Row]:
     """Rows of a CSV with a header; columns other than the features are ignored."""
+    _feature_model(model)
+    feature_names = model.feature_names
     try:
         with path.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -303,7 +307,7 @@ def rows_from_csv(path: Path, feature_names: Sequence[str]) -> list[Row]:
                     f"{path}: missing feature column {', '.join(repr(m) for m in missing)}",
                     hint=f"the header must name the features: {', '.join(feature_names)}",
                 )
-            rows = [_row(record, feature_names, f"{path} line {reader.line_num}") for record in reader]
+            rows = [_row(record, model, f"{path} line {reader.line_num}") for record in reader]
     except FileNotFoundError:
         raise InputDataError(f"input file not found: {path}") from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
@@ -313,39 +317,60 @@ def rows_from_csv(path: Path, feature_names: Sequence[str]) -> list[Row]:
     return rows
 
 
-def rows_from_json(path: Path, feature_names: Sequence[str]) -> list[Row]:
-    """A JSON object, a list of objects, or ``{"instances"|"examples": [objects]}``."""
+def _read_json(path: Path) -> Any:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputDataError(f"input file not found: {path}") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputDataError(f"cannot read {path}: {exc}") from None
+
+
+def rows_from_json(data: Any, model: ModelSpec, where: str) -> list[Row]:
+    """TF Serving's REST classify/regress body ``{"examples": [...]}``, or an object, a list of objects,
+    or ``{"instances": [objects]}``."""
     if isinstance(data, dict):
-        for key in ("instances", "examples"):
+        context = data.get("context", {}) if "examples" in data else {}
+        for key in ("examples", "instances"):
             if key in data:
                 data = data[key]
                 break
         else:
             data = [data]
+        if not isinstance(context, dict):
+            raise InputDataError(f"{where}: context must be a JSON object")
+        if isinstance(data, list):
+            data = [{**context, **r} if isinstance(r, dict) else r for r in data]
     if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
-        raise InputDataError(f"{path}: expected a JSON object or a list of objects")
+        raise InputDataError(f"{where}: expected a JSON object or a list of objects")
     if not data:
-        raise InputDataError(f"{path}: no rows")
-    return [_row(record, feature_names, f"{path} row {i}") for i, record in enumerate(data)]
+        raise InputDataError(f"{where}: no rows")
+    return [_row(record, model, f"{where} row {i}") for i, record in enumerate(data)]
 
 
-def rows_from_file(path: Path, feature_names: Sequence[str]) -> list[Row]:
+def batch_from_file(path: Path, model: ModelSpec, api: Api) -> tuple[Batch, list[Row] | None]:
+    """``--input``: CSV or JSON rows for a tf.Example API, TF Serving's REST request JSON for any API.
+    Returns the API's batch and, for tf.Example features, the typed rows."""
     suffix = path.suffix.lower()
+    rows: list[Row] | None = None
     if suffix == ".csv":
-        return rows_from_csv(path, feature_names)
-    if suffix == ".json":
-        return rows_from_json(path, feature_names)
-    raise InputDataError(f"{path}: unsupported input file type {suffix or '(none)'!r}; use .csv or .json")
+        rows = rows_from_csv(path, model)
+    elif suffix == ".json":
+        doc = _read_json(path)
+        if model.features is not None:
+            rows = rows_from_json(doc, model, str(path))
+    else:
+        raise InputDataError(f"{path}: unsupported input file type {suffix or '(none)'!r}; use .csv or .json")
+    try:
+        return api.batch_from_rest(model, doc if rows is None else {"examples": rows}, str(path)), rows
+    except ValueError as exc:
+        raise InputDataError(str(exc)) from None
 
 
-def row_from_pairs(pairs: Sequence[str], feature_names: Sequence[str]) -> Row:
+def batch_from_pairs(pairs: Sequence[str], model: ModelSpec, api: Api) -> tuple[Batch, list[Row]]:
     """One row from ``NAME=VALUE`` strings (``--example``)."""
+    _feature_model(model)
+    feature_names = model.feature_names
     record: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -358,5 +383,10 @@ def row_from_pairs(pairs: Sequence[str], feature_names: Sequence[str]) -> Row:
             )
         if name in record:
             raise InputDataError(f"--example: feature {name!r} given twice")
-        record[name] = value.strip()
-    return _row(record, feature_names, "--example")
+        dtype = next(f.dtype for f in model.features or [] if f.name == name)
+        record[name] = value if dtype == "string" else value.strip()
+    row = _row(record, model, "--example")
+    try:
+        return api.batch_from_rest(model, {"examples": [row]}, "--example"), [row]
+    except ValueError as exc:
+        raise InputDataError(str(exc)) from None

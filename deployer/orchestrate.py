@@ -19,7 +19,7 @@ from deployer import store
 from deployer.client import ServingClient, VersionStatus
 from deployer.errors import DeployerError, NotHealthy, RuntimeUnavailable, ServerRequestError, StoreError, UsageError
 from deployer.health import HealthReport, wait_healthy
-from deployer.manifest import Manifest
+from deployer.manifest import Manifest, ModelSpec
 from deployer.runtime.base import LaunchSpec, Layout, ProcessState, Runtime, ServerHandle
 from deployer.runtime.local import LocalRuntime
 from deployer.server_config import MODELS_CONFIG, ServedModel, parse_models_config, render_files, server_flags
@@ -218,9 +218,7 @@ def desired_models(manifest: Manifest, state: StateDir, layout: Layout) -> list[
         labels = {k: v for k, v in before.labels.items() if v in versions} if before else {}
         if not versions:
             if not on_disk:
-                raise StoreError(
-                    f"model {model.name} has no version under {base}", hint="run `deployer up` (it trains one)"
-                )
+                raise StoreError(f"model {model.name} has no version under {base}", hint=missing_version_hint(model))
             versions, labels = [max(on_disk)], {}
         for label in model.labels:
             # A manifest label whose version vanished lands on the newest served version rather than nowhere.
@@ -262,12 +260,19 @@ def _state_lock(state: StateDir, manifest: Manifest) -> Iterator[None]:
 # ---- up -----------------------------------------------------------------------------------------
 
 
-def _ensure_versions(
-    manifest: Manifest, retrain: bool, say: Progress, timings: dict[str, float]
-) -> list[ExportResult]:
+def _ensure_versions(manifest: Manifest, retrain: bool, say: Progress, timings: dict[str, float]) -> list[ExportResult]:
+    """Give every model a version, each from its source: train (none yet, or --retrain), import its
+    saved_model (its content is not a version yet), or nothing (another pipeline fills base_path)."""
     exported = []
     for model in manifest.models:
         base = manifest.base_path(model)
+        if model.source == "saved_model":
+            exported.extend(_import_source(manifest, model, say, timings))
+            continue
+        if model.source == "external":
+            if not store.list_versions(base):
+                raise StoreError(f"model {model.name} has no version under {base}", hint=missing_version_hint(model))
+            continue
         latest = store.latest_version(base)
         if latest is not None and not retrain:
             continue
@@ -282,6 +287,42 @@ def _ensure_versions(
         say(f"exported {model.name} version {result.version} to {result.path}")
         exported.append(result)
     return exported
+
+
+def _import_source(
+    manifest: Manifest, model: ModelSpec, say: Progress, timings: dict[str, float]
+) -> list[ExportResult]:
+    """Import the model's saved_model when its content is not already one of the versions."""
+    from deployer import importer
+    from deployer.export import ExportResult
+
+    source = importer.saved_model_source(manifest, model)
+    base = manifest.base_path(model)
+    started = time.perf_counter()
+    try:
+        known = importer.find_imported(base, importer.tree_sha256(source))
+    except FileNotFoundError:
+        known = None  # a missing source is reported by the import below, with its reason
+    if known is not None:
+        timings["import"] = timings.get("import", 0.0) + time.perf_counter() - started
+        return []
+    say(f"importing {model.name} from {source} (its content is not a version yet)")
+    result = importer.import_saved_model(manifest, model, source, progress=say)
+    timings["import"] = timings.get("import", 0.0) + time.perf_counter() - started
+    say(f"imported {model.name} version {result.version} to {result.path}")
+    return [ExportResult(model.name, result.version, result.path, {}, 0.0, result.seconds)]
+
+
+def missing_version_hint(model: ModelSpec) -> str:
+    """What gives ``model`` its first version, by source."""
+    if model.source == "trainer":
+        return "run `deployer up` (it trains one) or `deployer train`"
+    if model.source == "saved_model":
+        return "run `deployer up` or `deployer import` (they import models[].saved_model)"
+    return (
+        "this model's versions come from another pipeline (e.g. TFX Pusher): publish a numeric version"
+        " directory there, or give the model a trainer or saved_model"
+    )
 
 
 def _existing(manifest: Manifest, state: StateDir, runtime: Runtime, say: Progress) -> ServerHandle | None:

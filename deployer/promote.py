@@ -5,8 +5,9 @@ TF Serving refuses to move an existing label to a version that is not AVAILABLE 
 each one legal on the real server:
 
   1. load:   versions = current ∪ {candidate}, labels unchanged; wait until the candidate is AVAILABLE.
-  2. check:  smoke-test the candidate by version, diff its answers against the label's current ones.
-  3. switch: move the label; verify that a Classify through the label echoes the candidate.
+  2. check:  smoke-test the candidate by version, diff its answers against the label's current ones
+             (through the model's API piece: class changes, value deltas, per-output deltas and argmax).
+  3. switch: move the label; verify that a request of the model's API through the label echoes the candidate.
   4. trim:   unload versions nothing wants (the previous one stays if ``keep_previous``; labelled ones stay).
 
 The rendered models.config in the state directory is the deployment's truth: it is written
@@ -28,7 +29,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from deployer import health, smoke, store
+from deployer import apis, health, smoke, store
+from deployer.apis import request_builder
+from deployer.apis.base import Api, CaseDiff
 from deployer.client import ServingClient
 from deployer.errors import DeployerError, PromoteFailed, StoreError, UsageError, VersionNotFound
 from deployer.ledger import Kind, Ledger, LedgerEntry, Result, current_user, last_successful
@@ -52,31 +55,6 @@ def _no_progress(message: str) -> None:
     del message
 
 
-@dataclass(frozen=True)
-class CaseDiff:
-    """One smoke case answered by the label's current version and by the candidate."""
-
-    name: str
-    current_class: str
-    candidate_class: str
-    # The largest absolute change of any class's score: bounded in [0, 1] and independent of which
-    # class wins, so a shift that does not (yet) flip the answer still shows.
-    score_delta: float
-
-    @property
-    def class_changed(self) -> bool:
-        return self.current_class != self.candidate_class
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "current_class": self.current_class,
-            "candidate_class": self.candidate_class,
-            "class_changed": self.class_changed,
-            "score_delta": round(self.score_delta, 6),
-        }
-
-
 @dataclass
 class PromoteReport:
     project: str
@@ -90,7 +68,7 @@ class PromoteReport:
     reason: str = ""
     smoke: dict[str, Any] | None = None
     diff: list[CaseDiff] = field(default_factory=list)
-    max_score_delta: float | None = None  # the limit asked for (None: report only)
+    max_score_delta: float | None = None  # the --max-delta limit asked for (None: report only)
     versions_loaded: tuple[int, ...] = ()
     versions_unloaded: tuple[int, ...] = ()
     durations: dict[str, float] = field(default_factory=dict)
@@ -98,11 +76,12 @@ class PromoteReport:
 
     @property
     def class_changes(self) -> int:
-        return sum(1 for d in self.diff if d.class_changed)
+        """Cases whose discrete answer moved: top class, an argmax, a string, a shape."""
+        return sum(1 for d in self.diff if d.changed)
 
     @property
     def largest_score_delta(self) -> float | None:
-        return max((d.score_delta for d in self.diff), default=None)
+        return max((d.delta for d in self.diff if d.delta is not None), default=None)
 
     def smoke_summary(self) -> dict[str, Any]:
         """What the ledger keeps of the checks: enough to answer "why did this pass/fail" later."""
@@ -115,6 +94,7 @@ class PromoteReport:
         if self.diff:
             summary["class_changes"] = self.class_changes
             summary["max_score_delta"] = round(self.largest_score_delta or 0.0, 6)
+            summary["max_delta"] = summary["max_score_delta"]
         return summary
 
     def to_json(self) -> dict[str, Any]:
@@ -133,6 +113,8 @@ class PromoteReport:
             "class_changes": self.class_changes,
             "max_score_delta": self.largest_score_delta,
             "max_score_delta_limit": self.max_score_delta,
+            "max_delta": self.largest_score_delta,
+            "max_delta_limit": self.max_score_delta,
             "versions_loaded": list(self.versions_loaded),
             "versions_unloaded": list(self.versions_unloaded),
             "durations": {k: round(v, 3) for k, v in self.durations.items()},
@@ -177,11 +159,20 @@ def promotion_lock(state: StateDir, project: str, *, wait: bool, progress: Progr
 
 
 def validate_candidate(manifest: Manifest, spec: ModelSpec, version: int) -> Path:
-    """The candidate's directory, checked without the server. Missing → VersionNotFound (exit 2);
-    present but unusable → StoreError (the caller turns it into a refused promotion)."""
+    """The candidate's directory, checked without the server against the contract of the model's API.
+    Missing → VersionNotFound (exit 2); present but unusable → StoreError (the caller turns it into a
+    refused promotion)."""
     path = store.version_dir(manifest.base_path(spec), version)
     store.validate_version(path, spec)
     return path
+
+
+def model_api(manifest: Manifest, spec: ModelSpec, version: int) -> Api:
+    """The model's API piece: the manifest's, else the method name of the version's signature."""
+    if spec.declared_api is not None:
+        return apis.piece(spec.declared_api)
+    path = store.version_dir(manifest.base_path(spec), version)
+    return apis.resolve(spec, store.find_signature(path, spec))
 
 
 def _resolve_label(spec: ModelSpec, label: str | None) -> str:
@@ -271,44 +262,31 @@ class _Promotion:
     def _timed(self, phase: str, since: float) -> None:
         self.durations[phase] = self.clock() - since
 
-    def _probe_example(self) -> dict[str, float]:
-        if self.spec.smoke:
-            return dict(self.spec.smoke[0].features)
-        return {name: 0.0 for name in self.spec.feature_names}
+    def _ask(self, api: Api, batch: object, target: request_builder.Target) -> tuple[object, int]:
+        """One request of the model's API; its parsed answer and the version that answered."""
+        request = request_builder.grpc_request(api, self.spec, batch, target)
+        response, _ = self.client.infer(api.grpc_method, request)
+        return api.parse_grpc(response), int(response.model_spec.version.value)
 
-    def _diff(self, current: int, candidate: int) -> list[CaseDiff]:
-        if not self.spec.smoke:
-            return []
-        examples = [dict(case.features) for case in self.spec.smoke]
-        model, sig = self.spec.name, self.spec.signature_name
-        now = self.client.classify(model, examples, label=self.label, signature_name=sig)
-        new = self.client.classify(model, examples, version=candidate, signature_name=sig)
+    def _diff(self, api: Api, candidate: int) -> list[CaseDiff]:
         diffs = []
         for index, case in enumerate(self.spec.smoke):
-            before, after = dict(now.results[index]), dict(new.results[index])
-            delta = max((abs(before.get(c, 0.0) - after.get(c, 0.0)) for c in set(before) | set(after)), default=0.0)
-            diffs.append(
-                CaseDiff(
-                    name=smoke.case_name(case, index),
-                    current_class=now.top(index)[0],
-                    candidate_class=new.top(index)[0],
-                    score_delta=delta,
-                )
-            )
+            batch = api.case_batch(self.spec, case)
+            now, _ = self._ask(api, batch, request_builder.Target(label=self.label))
+            new, _ = self._ask(api, batch, request_builder.Target(version=candidate))
+            diffs.append(api.diff(smoke.case_name(case, index), now, new))
         return diffs
 
-    def _verify_label(self, candidate: int) -> None:
+    def _verify_label(self, api: Api, candidate: int) -> None:
         deadline = self.clock() + self.manifest.server.reload_deadline_seconds
-        example = self._probe_example()
+        probe = api.probe_batch(self.spec)
         while True:
-            answer = self.client.classify(
-                self.spec.name, [example], label=self.label, signature_name=self.spec.signature_name
-            )
-            if answer.version == candidate:
+            _, served = self._ask(api, probe, request_builder.Target(label=self.label))
+            if served == candidate:
                 return
             if self.clock() >= deadline:
                 raise _StepFailed(
-                    f"after the reload, label {self.label} still answers with version {answer.version}, not {candidate}"
+                    f"after the reload, label {self.label} still answers with version {served}, not {candidate}"
                 )
             self.sleep(_VERIFY_POLL_S)
 
@@ -409,10 +387,11 @@ class _Promotion:
 
         # Checks: the candidate by version must pass the smoke set; its answers are diffed against the label's.
         since = self.clock()
+        api = model_api(self.manifest, self.spec, candidate)
         verdict = smoke.run_smoke(self.client, self.spec, version=candidate)
         report.smoke = verdict.to_json()
         if current is not None:
-            report.diff = self._diff(current, candidate)
+            report.diff = self._diff(api, candidate)
         self._timed("smoke", since)
         if not verdict.passed:
             first = verdict.failures[0]
@@ -422,16 +401,17 @@ class _Promotion:
             )
         self.progress(
             f"smoke: version {candidate} passed {len(verdict.cases)} case(s); vs {self.label}"
-            f" (version {current}): {report.class_changes} class change(s),"
-            f" max score delta {report.largest_score_delta or 0.0:.4f}"
+            f" (version {current}): {report.class_changes} changed answer(s),"
+            f" max delta {report.largest_score_delta or 0.0:.4g}"
         )
         if self.max_score_delta is not None:
-            over = [d for d in report.diff if d.score_delta > self.max_score_delta]
+            limit = self.max_score_delta
+            over = [d for d in report.diff if d.delta is not None and d.delta > limit]
             if over:
-                worst = max(over, key=lambda d: d.score_delta)
+                worst = max(over, key=lambda d: d.delta or 0.0)
                 raise _StepFailed(
-                    f"score delta {worst.score_delta:.4f} on case {worst.name!r} exceeds --max-score-delta"
-                    f" {self.max_score_delta:g} ({len(over)} case(s) over)"
+                    f"delta {worst.delta:.4g} on case {worst.name!r} exceeds --max-delta {limit:g}"
+                    f" ({len(over)} case(s) over)"
                 )
 
         # Phase 2: the label moves; legal now that the candidate is AVAILABLE.
@@ -440,7 +420,7 @@ class _Promotion:
         switched = replace(loading, labels={**loading.labels, self.label: candidate})
         self._apply(served, switched)
         served = [switched if m.name == model else m for m in served]
-        self._verify_label(candidate)
+        self._verify_label(api, candidate)
         self._timed("switch", since)
         self.durations["to_switch"] = self.clock() - self.started
         self.progress(f"{self.label} answers with version {candidate}")
@@ -525,13 +505,16 @@ def promote(
     *,
     model_name: str | None = None,
     label: str | None = None,
+    max_delta: float | None = None,
     max_score_delta: float | None = None,
     wait: bool = True,
     progress: ProgressFn = _no_progress,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> PromoteReport:
-    """Move ``label`` (default: the model's first label) to ``version`` through the verified phases."""
+    """Move ``label`` (default: the model's first label) to ``version`` through the verified phases.
+    ``max_delta`` (alias ``max_score_delta``) fails the promotion when a smoke case's answer moves more."""
+    max_score_delta = max_delta if max_delta is not None else max_score_delta
     spec = manifest.model(model_name)
     label = _resolve_label(spec, label)
     started = clock()
@@ -551,6 +534,7 @@ def rollback(
     model_name: str | None = None,
     label: str | None = None,
     to: int | None = None,
+    max_delta: float | None = None,
     max_score_delta: float | None = None,
     wait: bool = True,
     progress: ProgressFn = _no_progress,
@@ -558,6 +542,7 @@ def rollback(
     sleep: Callable[[float], None] = time.sleep,
 ) -> PromoteReport:
     """Move ``label`` back to its previous version (from the ledger) or to ``to``, via the same phases."""
+    max_score_delta = max_delta if max_delta is not None else max_score_delta
     spec = manifest.model(model_name)
     label = _resolve_label(spec, label)
 

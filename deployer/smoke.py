@@ -1,7 +1,9 @@
 """Smoke tests: the manifest's known inputs sent to the served model, answers checked (not just "no RPC error").
 
-One request per case so each case has its own latency and its own error. A wrong answer is a result,
-never an exception: the caller decides (the CLI maps a failed report to SmokeFailed, exit 5).
+Requests, parsing and checks come from the model's API piece (deployer.apis): Classify, Regress or
+Predict, over gRPC or REST. One request per case so each case has its own latency and its own error.
+A wrong answer is a result, never an exception: the caller decides (the CLI maps a failed report to
+SmokeFailed, exit 5).
 This module must stay TensorFlow-free: ``deployer smoke`` runs in CI on every deploy.
 """
 
@@ -12,11 +14,14 @@ import time
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deployer import apis
+from deployer.apis import request_builder
+from deployer.apis.base import Api
 from deployer.client import ServingClient
 from deployer.errors import ServerRequestError
 from deployer.manifest import ModelSpec, SmokeCase
@@ -25,37 +30,40 @@ from deployer.manifest import ModelSpec, SmokeCase
 @dataclass(frozen=True)
 class CaseResult:
     name: str
-    expected: str
-    got: str | None
-    score: float | None
-    min_score: float
+    api: str
+    expected: str  # what the case expects, in one line
+    got: str | None  # what the server answered, in one line (None: no answer)
     passed: bool
     latency_s: float
-    served_version: int | None  # None over REST: its classify response does not echo the version
+    served_version: int | None  # None over REST: its responses do not echo the version
     error: str | None = None
+    why: str = ""  # why a wrong answer is wrong
+    details: dict[str, Any] = field(default_factory=dict)  # the API's own figures (score, value, outputs)
 
     @property
     def reason(self) -> str:
         """Why the case failed, in one line ("" when it passed)."""
         if self.passed:
             return ""
-        if self.error:
-            return self.error
-        if self.got != self.expected:
-            return f"expected class {self.expected!r}, got {self.got!r} (score {self.score:.3f})"
-        return f"class {self.got!r} scored {self.score:.3f}, below min_score {self.min_score:.3f}"
+        return self.error or self.why
+
+    @property
+    def score(self) -> float | None:
+        score = self.details.get("score")
+        return float(score) if isinstance(score, int | float) else None
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
+            "api": self.api,
             "expected": self.expected,
             "got": self.got,
-            "score": self.score,
-            "min_score": self.min_score,
             "passed": self.passed,
             "latency_ms": round(self.latency_s * 1000, 3),
             "served_version": self.served_version,
             "error": self.error,
+            "reason": self.reason or None,
+            **self.details,
         }
 
 
@@ -104,22 +112,49 @@ def case_name(case: SmokeCase, index: int) -> str:
     return case.name or f"case-{index + 1}"
 
 
-def _judge(
-    case: SmokeCase, name: str, scores: list[tuple[str, float]], latency: float, served: int | None, want: int | None
-) -> CaseResult:
-    if not scores:
-        return CaseResult(name, case.expect_class, None, None, case.min_score, False, latency, served, "no classes")
-    got, score = max(scores, key=lambda pair: pair[1])
-    passed = got == case.expect_class and score >= case.min_score
-    error = None
-    if want is not None and served is not None and served != want:
-        # A server answering from another version than asked would make every check meaningless.
-        passed, error = False, f"asked for version {want}, the server answered from version {served}"
-    return CaseResult(name, case.expect_class, got, score, case.min_score, passed, latency, served, error)
+class _CaseError(Exception):
+    """A case that got no judgeable answer: transport error, server error, unreadable response."""
+
+    def __init__(self, message: str, latency: float) -> None:
+        super().__init__(message)
+        self.message = message
+        self.latency = latency
 
 
-def _error_case(case: SmokeCase, name: str, latency: float, error: str) -> CaseResult:
-    return CaseResult(name, case.expect_class, None, None, case.min_score, False, latency, None, error)
+# Sends one case's batch and returns (answer, latency, served version or None).
+_Send = Callable[[Api, SmokeCase, Any], tuple[Any, float, int | None]]
+
+
+def _run_cases(model: ModelSpec, want: int | None, send: _Send) -> list[CaseResult]:
+    if not model.smoke:
+        return []
+    api = apis.resolve(model)
+    results = []
+    for index, case in enumerate(model.smoke):
+        name = case_name(case, index)
+        sent = time.perf_counter()
+        try:
+            batch = api.case_batch(model, case)
+            answer, latency, served = send(api, case, batch)
+        except _CaseError as exc:
+            results.append(CaseResult(name, api.name, "", None, False, exc.latency, None, exc.message))
+            continue
+        except ValueError as exc:  # an input file changed since the manifest was loaded
+            results.append(CaseResult(name, api.name, "", None, False, time.perf_counter() - sent, None, str(exc)))
+            continue
+        verdict = api.judge(model, case, answer)
+        error = None
+        passed = verdict.passed
+        if want is not None and served is not None and served != want:
+            # A server answering from another version than asked would make every check meaningless.
+            passed, error = False, f"asked for version {want}, the server answered from version {served}"
+        results.append(
+            CaseResult(
+                name, api.name, verdict.expected, verdict.got, passed, latency, served, error, verdict.reason,
+                verdict.details,
+            )
+        )  # fmt: skip
+    return results
 
 
 def run_smoke(
@@ -130,26 +165,22 @@ def run_smoke(
     label: str | None = None,
     timeout: float = 10.0,
 ) -> SmokeReport:
-    """Classify each smoke case over gRPC and check its top class and score. Never raises for a wrong answer."""
-    started = time.perf_counter()
-    results = []
-    for index, case in enumerate(model.smoke):
-        name = case_name(case, index)
+    """Send each smoke case over gRPC through the model's API and check the answer. Never raises for a
+    wrong answer."""
+    target = request_builder.Target(version, label)
+
+    def send(api: Api, case: SmokeCase, batch: Any) -> tuple[Any, float, int | None]:
+        del case
+        request = request_builder.grpc_request(api, model, batch, target)
         sent = time.perf_counter()
         try:
-            answer = client.classify(
-                model.name,
-                [case.features],
-                version=version,
-                label=label,
-                signature_name=model.signature_name,
-                timeout=timeout,
-            )
+            response, latency = client.infer(api.grpc_method, request, timeout=timeout)
         except ServerRequestError as exc:
-            results.append(_error_case(case, name, time.perf_counter() - sent, exc.message))
-            continue
-        scores = answer.results[0] if answer.results else []
-        results.append(_judge(case, name, scores, answer.latency_s, answer.version, version))
+            raise _CaseError(exc.message, time.perf_counter() - sent) from None
+        return api.parse_grpc(response), latency, int(response.model_spec.version.value)
+
+    started = time.perf_counter()
+    results = _run_cases(model, version, send)
     return SmokeReport(
         model=model.name,
         target=client.target,
@@ -162,14 +193,7 @@ def run_smoke(
 
 
 def rest_classify_url(rest_url: str, model: str, *, version: int | None = None, label: str | None = None) -> str:
-    if version is not None and label is not None:
-        raise ValueError("choose a version or a label, not both")
-    path = f"/v1/models/{model}"
-    if version is not None:
-        path += f"/versions/{version}"
-    elif label is not None:
-        path += f"/labels/{label}"
-    return rest_url.rstrip("/") + path + ":classify"
+    return request_builder.rest_url(apis.piece("classify"), rest_url, model, request_builder.Target(version, label))
 
 
 def _rest_error(exc: urllib.error.HTTPError) -> str:
@@ -189,14 +213,12 @@ def run_smoke_rest(
     label: str | None = None,
     timeout: float = 10.0,
 ) -> SmokeReport:
-    """The same cases through TF Serving's REST classify API (``POST /v1/models/{m}[...]:classify``)."""
-    url = rest_classify_url(rest_url, model.name, version=version, label=label)
-    started = time.perf_counter()
-    results = []
-    for index, case in enumerate(model.smoke):
-        name = case_name(case, index)
-        # Floats must stay JSON floats: TF Serving maps 5 to int64_list but 5.0 to float_list.
-        body = {"signature_name": model.signature_name, "examples": [{k: float(v) for k, v in case.features.items()}]}
+    """The same cases through TF Serving's REST API (``POST /v1/models/{m}[...]:classify|regress|predict``)."""
+    target = request_builder.Target(version, label)
+
+    def send(api: Api, case: SmokeCase, batch: Any) -> tuple[Any, float, int | None]:
+        url = request_builder.rest_url(api, rest_url, model.name, target)
+        body = request_builder.rest_body(api, model, batch)
         request = urllib.request.Request(
             url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
         )
@@ -205,19 +227,19 @@ def run_smoke_rest(
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 payload = json.loads(response.read())
         except urllib.error.HTTPError as exc:
-            results.append(_error_case(case, name, time.perf_counter() - sent, _rest_error(exc)))
-            continue
+            raise _CaseError(_rest_error(exc), time.perf_counter() - sent) from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             reason = getattr(exc, "reason", exc)
-            results.append(_error_case(case, name, time.perf_counter() - sent, f"POST {url}: {reason}"))
-            continue
+            raise _CaseError(f"POST {url}: {reason}", time.perf_counter() - sent) from None
         latency = time.perf_counter() - sent
         try:
-            scores = [(str(label_), float(score)) for label_, score in payload["results"][0]]
-        except (KeyError, IndexError, TypeError, ValueError):
-            results.append(_error_case(case, name, latency, f"unexpected classify response: {str(payload)[:200]}"))
-            continue
-        results.append(_judge(case, name, scores, latency, None, version))
+            answer = api.parse_rest(model, case, payload)
+        except ValueError as exc:
+            raise _CaseError(str(exc), latency) from None
+        return answer, latency, None
+
+    started = time.perf_counter()
+    results = _run_cases(model, version, send)
     return SmokeReport(
         model=model.name,
         target=rest_url,

@@ -244,36 +244,14 @@ def read_signatures(path: Path, *, tag: str = SAVED_MODEL_TAG) -> dict[str, Sign
     raise StoreError(f"{pb} has no meta graph tagged {tag!r}")
 
 
-def _check_classify_contract(sig: SignatureInfo, n_classes: int) -> None:
-    where = f"signature {sig.name!r}"
-    inputs = {t.name: t for t in sig.inputs}
-    if list(inputs) != [CLASSIFY_INPUT]:
-        raise StoreError(f"{where}: expected exactly one input {CLASSIFY_INPUT!r}, found {sorted(inputs)}")
-    inp = inputs[CLASSIFY_INPUT]
-    if inp.dtype != "DT_STRING" or inp.shape is None or len(inp.shape) != 1:
-        raise StoreError(f"{where}: input {CLASSIFY_INPUT!r} must be rank-1 DT_STRING, is {inp.dtype} {inp.shape}")
-    outputs = {t.name: t for t in sig.outputs}
-    if sorted(outputs) != sorted([CLASSIFY_CLASSES, CLASSIFY_SCORES]):
-        raise StoreError(
-            f"{where}: expected outputs {CLASSIFY_CLASSES!r} and {CLASSIFY_SCORES!r}, found {sorted(outputs)}"
-        )
-    for name, dtype in ((CLASSIFY_CLASSES, "DT_STRING"), (CLASSIFY_SCORES, "DT_FLOAT")):
-        out = outputs[name]
-        if out.dtype != dtype:
-            raise StoreError(f"{where}: output {name!r} must be {dtype}, is {out.dtype}")
-        if out.shape is None or len(out.shape) != 2 or out.shape[0] != -1:
-            raise StoreError(f"{where}: output {name!r} must have shape [-1, {n_classes}], is {out.shape}")
-        if out.shape[1] != n_classes:
-            raise StoreError(
-                f"{where}: output {name!r} has {out.shape[1]} columns, the manifest lists {n_classes} classes"
-            )
-
-
-def validate_version(path: Path, model: ModelSpec) -> None:
-    """Check ``path`` is a complete SavedModel whose signature meets TF Serving's Classify contract.
+def validate_version(path: Path, model: ModelSpec) -> SignatureInfo:
+    """Check ``path`` is a complete SavedModel whose signature meets the contract of the model's API
+    (Classify, Regress or Predict; see deployer.apis), and return that signature.
 
     No TensorFlow import. Raises StoreError naming the first problem found.
     """
+    from deployer import apis
+
     if not path.is_dir():
         raise StoreError(f"{path} is not a directory")
     variables = path / "variables"
@@ -281,12 +259,19 @@ def validate_version(path: Path, model: ModelSpec) -> None:
         raise StoreError(f"{path} is incomplete: variables/variables.index is missing")
     if not any(variables.glob("variables.data-*-of-*")):
         raise StoreError(f"{path} is incomplete: no variables/variables.data-* shard")
+    sig = find_signature(path, model)
+    apis.resolve(model, sig).check_contract(sig, model)
+    return sig
+
+
+def find_signature(path: Path, model: ModelSpec) -> SignatureInfo:
+    """The manifest's signature in the SavedModel at ``path``. Raises StoreError listing the others."""
     signatures = read_signatures(path)
     sig = signatures.get(model.signature_name)
     if sig is None:
         public = sorted(set(signatures) - INTERNAL_SIGNATURES)
         raise StoreError(f"{path}: no signature {model.signature_name!r} (has: {', '.join(public) or 'none'})")
-    _check_classify_contract(sig, len(model.classes))
+    return sig
 
 
 def read_metadata(path: Path) -> dict[str, Any]:

@@ -5,12 +5,19 @@ imported with the manifest's ``project_root`` on ``sys.path``::
 
     def train(context: TrainContext) -> TrainResult: ...
 
-It must return a :class:`TrainResult` whose ``model`` is a Keras model that maps a float32 tensor
-``[batch, len(context.feature_names)]`` (columns in ``context.feature_names`` order, i.e. the
-manifest's feature order) to class probabilities ``[batch, len(context.classes)]`` (columns in
-``context.classes`` order). The trainer never exports: :mod:`deployer.export` wraps the model in TF
-Serving's Classify signature (``tf.Example`` parsing, class labels, softmax scores) so every model
-gets the same serving contract.
+It returns a :class:`TrainResult` whose ``model`` is a Keras model of the shape the model's API
+(``context.api``) wants:
+
+- ``classify``: float32 ``[batch, len(context.feature_names)]`` (columns in the manifest's feature
+  order; int features arrive cast to float) → class probabilities ``[batch, len(context.classes)]``;
+- ``regress``: the same input → one value per row, ``[batch]`` or ``[batch, 1]``;
+- ``predict``: the manifest's ``inputs`` (``context.inputs``, in order; one input → one tensor, several
+  → a list) → one tensor, a list, or a dict of named outputs (names from ``context.outputs`` when the
+  manifest declares them, else ``outputs``).
+
+The trainer never exports: :mod:`deployer.export` wraps the model in its API's TF Serving signature
+(tf.Example parsing and class labels for Classify/Regress, the named tensors for Predict), so every
+model of an API gets the same serving contract.
 
 This module does not import TensorFlow; the trainer module usually does.
 """
@@ -39,14 +46,18 @@ class TrainContext:
     classes: list[str]
     project_root: Path
     seed: int = DEFAULT_SEED
+    api: str = "classify"
+    # predict: the manifest's inputs/outputs as {"name", "dtype", "shape"} (shape with -1 for the batch).
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class TrainResult:
     """What a trainer returns.
 
-    ``model``: a Keras model, float32 ``[B, n_features]`` → probabilities ``[B, n_classes]``.
-    ``metrics``: held-out metrics, at least ``accuracy``; stored in the version's metadata.
+    ``model``: a Keras model of the API's shape (see the module docstring).
+    ``metrics``: held-out metrics (e.g. ``accuracy``, ``mae``); stored in the version's metadata.
     ``data_hash``: sha256 (hex) of the training data, for provenance.
     ``extra``: anything else worth keeping in the metadata (split sizes, epochs, ...).
     """
@@ -64,14 +75,19 @@ def context_for(manifest: Manifest, model: ModelSpec, *, seed: int = DEFAULT_SEE
     return TrainContext(
         model_name=model.name,
         feature_names=model.feature_names,
-        classes=list(model.classes),
+        classes=model.class_names,
         project_root=manifest.root,
         seed=seed,
+        api=model.declared_api or "classify",
+        inputs=[t.model_dump() for t in model.inputs or []],
+        outputs=[t.model_dump() for t in model.outputs or []],
     )
 
 
 def load_trainer(manifest: Manifest, model: ModelSpec) -> Trainer:
     """Import ``module:function`` with the project root on sys.path. Raises TrainerError."""
+    if model.trainer is None:
+        raise TrainerError(f"model {model.name} has no trainer")
     module_name, _, function_name = model.trainer.partition(":")
     root = str(manifest.root)
     if root not in sys.path:

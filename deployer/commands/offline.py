@@ -1,16 +1,18 @@
-"""The offline half: train and export, list versions, inspect signatures, predict in-process."""
+"""The offline half: train and export, import a SavedModel, list versions, inspect signatures, predict in-process."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from deployer import console, store
 from deployer.commands.options import json_option, manifest_option, model_option
-from deployer.errors import UsageError
-from deployer.manifest import load_manifest
+from deployer.errors import InputDataError, StoreError, UsageError
+from deployer.manifest import ModelSpec, load_manifest
 
 version_option = click.option(
     "--version", "version", type=click.IntRange(min=0), default=None, help="Model version (default: the latest)."
@@ -69,9 +71,7 @@ def versions(manifest_path: str, model_name: str | None, as_json: bool) -> None:
         console.info(f"no versions under {base_path} (run `deployer train -f {manifest_path}`)")
         return
     metric_names = sorted({name for entry in entries for name in entry["metrics"]})
-    rows = [
-        [e["version"], e["created_at"], *(_fmt(e["metrics"].get(name)) for name in metric_names)] for e in entries
-    ]
+    rows = [[e["version"], e["created_at"], *(_fmt(e["metrics"].get(name)) for name in metric_names)] for e in entries]
     console.table(f"{model.name} versions in {base_path}", ["Version", "Created", *metric_names], rows)
 
 
@@ -96,12 +96,16 @@ def inspect(manifest_path: str, model_name: str | None, version: int | None, as_
     signatures = {
         name: sig for name, sig in store.read_signatures(path).items() if name not in store.INTERNAL_SIGNATURES
     }
+    api, contract = _contract(path, model)
     if as_json:
         console.emit_json(
             {
                 "model": model.name,
                 "version": number,
                 "path": str(path),
+                "api": api,
+                "signature_name": model.signature_name,
+                "contract": contract,
                 "signatures": [sig.to_json() for sig in signatures.values()],
             }
         )
@@ -114,6 +118,58 @@ def inspect(manifest_path: str, model_name: str | None, version: int | None, as_
             ["Kind", "Name", "DType", "Shape", "Tensor"],
             rows,
         )
+    console.out.print(
+        f"{model.name} serves {model.signature_name!r} through {api or 'an unknown API'}: {contract}",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _contract(path: Path, model: ModelSpec) -> tuple[str | None, str]:
+    """The model's API and whether the manifest's signature meets its contract ("ok" or the reason)."""
+    from deployer import apis
+
+    try:
+        sig = store.find_signature(path, model)
+        api = apis.resolve(model, sig)
+    except StoreError as exc:
+        return model.declared_api, exc.message
+    try:
+        api.check_contract(sig, model)
+    except StoreError as exc:
+        return api.name, exc.message
+    return api.name, "ok"
+
+
+@click.command("import")
+@manifest_option
+@model_option
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--version", "version", type=click.IntRange(min=1), default=None, help="Publish as this version (default: next)."
+)
+@json_option
+def import_(manifest_path: str, model_name: str | None, path: Path, version: int | None, as_json: bool) -> None:
+    """Validate the SavedModel at PATH (TF Serving's loader, signature, the manifest's inputs/outputs) and
+    publish it as a new version, atomically, with metadata and warmup records."""
+    from deployer.importer import import_saved_model
+
+    manifest = load_manifest(manifest_path)
+    model = manifest.model(model_name)
+
+    def progress(line: str) -> None:
+        console.out.print(line, markup=False, highlight=False) if not as_json else console.info(escape(line))
+
+    result = import_saved_model(manifest, model, path, version=version, progress=progress)
+    if as_json:
+        console.emit_json(result.to_json())
+        return
+    verb = "imported" if result.imported else "already imported"
+    console.out.print(
+        f"{verb}: {result.model} version {result.version} → {result.path} (sha256 {result.sha256[:12]})",
+        markup=False,
+        highlight=False,
+    )
 
 
 @click.command()
@@ -126,7 +182,8 @@ def inspect(manifest_path: str, model_name: str | None, version: int | None, as_
     "input_path",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Rows to classify: a CSV with a header, or JSON (object, list of objects, or {\"instances\": [...]}).",
+    help='TF Serving\'s REST request JSON ({"examples": ...}, {"instances": ...} or {"inputs": ...});'
+    " for tf.Example features also a CSV with a header, a JSON object or a list of objects.",
 )
 @click.option(
     "--example", "examples", multiple=True, metavar="NAME=VALUE", help="One feature value; repeat per feature."
@@ -141,8 +198,9 @@ def predict(
     examples: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Classify rows with an exported version."""
-    from deployer.export import predict_local, row_from_pairs, rows_from_file
+    """Run inputs through an exported version's signature, whatever its API (classify, regress, predict)."""
+    from deployer import apis
+    from deployer.export import batch_from_file, batch_from_pairs, run_local
 
     if not local:
         raise UsageError("predict needs --local (it runs the exported model in-process)")
@@ -151,18 +209,48 @@ def predict(
     manifest = load_manifest(manifest_path)
     model = manifest.model(model_name)
     number, path = store.resolve_version(manifest.base_path(model), version)
-    names = model.feature_names
-    rows = rows_from_file(input_path, names) if input_path is not None else [row_from_pairs(examples, names)]
-    # A version that breaks the Classify contract gets a clear StoreError instead of a TF stack trace.
+    declared = model.declared_api
+    api = apis.piece(declared) if declared is not None else apis.resolve(model, store.find_signature(path, model))
+    if input_path is not None:
+        batch, rows = batch_from_file(input_path, model, api)
+    else:
+        batch, rows = batch_from_pairs(examples, model, api)
+    # A version that breaks its API's contract gets a clear StoreError instead of a TF stack trace.
     store.validate_version(path, model)
-    predictions = predict_local(path, model, rows)
+    try:
+        answers = run_local(path, model, batch).to_json()
+    except StoreError as exc:
+        raise InputDataError(exc.message) from None
+    if rows is not None:
+        # tf.Example APIs: show each answer beside the row it answers.
+        answers = [{"features": row, **answer} for row, answer in zip(rows, answers, strict=True)]
     if as_json:
-        console.emit_json(
-            {"model": model.name, "version": number, "predictions": [p.to_json() for p in predictions]}
-        )
+        console.emit_json({"model": model.name, "version": number, "api": api.name, "predictions": answers})
         return
-    table_rows = [[*(f"{p.features[n]:g}" for n in names), p.class_id, f"{p.probability:.4f}"] for p in predictions]
-    console.table(f"{model.name} v{number} (local)", [*names, "ClassID", "Probability"], table_rows)
+    _print_predictions(model, number, answers)
 
 
-COMMANDS = [train, versions, inspect, predict]
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _print_predictions(model: ModelSpec, number: int, answers: list[dict[str, Any]]) -> None:
+    """One row per instance; classify keeps its ClassID/Probability columns, other APIs show their fields."""
+    renamed = {"class": "ClassID", "probability": "Probability", "value": "Value"}
+    columns = [key for key in answers[0] if key not in ("scores", "features")] if answers else []
+    names = model.feature_names if answers and "features" in answers[0] else []
+    console.table(
+        f"{model.name} v{number} (local)",
+        [*names, *(renamed.get(c, c) for c in columns)],
+        [[*(_feature_cell(a["features"][n]) for n in names), *(_cell(a[c]) for c in columns)] for a in answers],
+    )
+
+
+def _feature_cell(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else _cell(value)
+
+
+COMMANDS = [train, import_, versions, inspect, predict]

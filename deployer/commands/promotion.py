@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -21,11 +22,24 @@ label_option = click.option("--label", default=None, help="The label to move (de
 no_wait_option = click.option(
     "--no-wait", is_flag=True, help="Fail at once (exit 6) if another promotion of this project is running."
 )
+
+
+def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
+    del ctx, param
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 max_delta_option = click.option(
+    "--max-delta",
     "--max-score-delta",
-    type=click.FloatRange(0.0, 1.0),
+    "max_delta",
+    type=click.FloatRange(0.0, 1e15),
     default=None,
-    help="Fail if any smoke case's class score moves by more than X versus the label's current version.",
+    callback=_finite,
+    help="Fail if any smoke case's answer moves by more than X versus the label's current version: a class"
+    " score (classify), a value (regress), an output element (predict). --max-score-delta is an alias.",
 )
 
 
@@ -36,9 +50,15 @@ def _show(report: PromoteReport) -> None:
     if report.diff:
         console.table(
             f"{report.model}: {report.label} version {report.from_version} vs candidate {report.to_version}",
-            ["case", f"v{report.from_version}", f"v{report.to_version}", "score Δ", "changed"],
+            ["case", f"v{report.from_version}", f"v{report.to_version}", "Δ", "changed"],
             [
-                (d.name, d.current_class, d.candidate_class, f"{d.score_delta:.4f}", "yes" if d.class_changed else "")
+                (
+                    d.name,
+                    d.current,
+                    d.candidate,
+                    "-" if d.delta is None else f"{d.delta:.4g}",
+                    "yes" if d.changed else "",
+                )
                 for d in report.diff
             ],
         )
@@ -78,7 +98,7 @@ def promote(
     manifest_path: str,
     model_name: str | None,
     label: str | None,
-    max_score_delta: float | None,
+    max_delta: float | None,
     no_wait: bool,
     as_json: bool,
 ) -> None:
@@ -102,7 +122,7 @@ def promote(
             version,
             model_name=model_name,
             label=label,
-            max_score_delta=max_score_delta,
+            max_delta=max_delta,
             wait=not no_wait,
             progress=progress,
         ),
@@ -122,7 +142,7 @@ def rollback(
     model_name: str | None,
     label: str | None,
     to_version: int | None,
-    max_score_delta: float | None,
+    max_delta: float | None,
     no_wait: bool,
     as_json: bool,
 ) -> None:
@@ -143,7 +163,7 @@ def rollback(
             model_name=model_name,
             label=label,
             to=to_version,
-            max_score_delta=max_score_delta,
+            max_delta=max_delta,
             wait=not no_wait,
             progress=progress,
         ),
@@ -158,7 +178,7 @@ def _smoke_text(smoke: dict[str, object]) -> str:
         failed = smoke.get("failed_cases") or []
         parts.append("passed" if smoke["passed"] else f"failed {failed}")
     if "class_changes" in smoke:
-        parts.append(f"{smoke['class_changes']} class change(s), max Δ {smoke.get('max_score_delta')}")
+        parts.append(f"{smoke['class_changes']} changed answer(s), max Δ {smoke.get('max_score_delta')}")
     return "; ".join(parts)
 
 

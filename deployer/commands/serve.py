@@ -88,7 +88,7 @@ def _print_up(report: UpReport) -> None:
     for smoke in report.smoke:
         out.print(_smoke_line(smoke), highlight=False)
         _print_failures(smoke)
-    phases = ("runtime", "train", "export", "start", "healthy", "smoke", "total")
+    phases = ("runtime", "train", "export", "import", "start", "healthy", "smoke", "total")
     out.print(
         "timings: " + "  ".join(f"{p} {report.timings[p]:.2f}s" for p in phases if p in report.timings),
         highlight=False,

@@ -19,6 +19,7 @@ from deployer.export import ExportResult
 from deployer.health import HealthReport
 from deployer.runtime.base import ProcessState, ServerHandle
 from deployer.smoke import CaseResult, SmokeReport
+from tests.fakes import InferViaClassify
 from tests.unit.test_orchestrate import write_manifest
 
 HANDLE = ServerHandle("local", "4242", "deployer.model_server", "127.0.0.1:5000", "http://127.0.0.1:5001", "abc")
@@ -29,7 +30,9 @@ def run(*args: str) -> Result:
 
 
 def case(passed: bool) -> CaseResult:
-    return CaseResult("setosa", "0", "0" if passed else "2", 0.9, 0.0, passed, 0.004, 1)
+    got = "0" if passed else "2"
+    why = "" if passed else f"expected class '0', got {got!r} (score 0.900)"
+    return CaseResult("setosa", "classify", "0", got, passed, 0.004, 1, why=why, details={"score": 0.9})
 
 
 def up_report(passed: bool = True) -> orchestrate.UpReport:
@@ -124,7 +127,7 @@ def test_bad_manifest_and_bad_flags_exit_2(tmp_path: Path) -> None:
     assert run("logs", "-f", str(bad), "--tail", "0").exit_code == 2
 
 
-class FakeClient:
+class FakeClient(InferViaClassify):
     target = HANDLE.grpc_target
 
     def __init__(self, wrong: bool) -> None:

@@ -23,6 +23,7 @@ from deployer.runtime.base import LaunchSpec, Layout, ProcessState, ServerHandle
 from deployer.server_config import ServedModel, parse_models_config, render_models_config
 from deployer.state import StateDir
 from tests import manifests
+from tests.fakes import InferViaClassify
 
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 
@@ -89,7 +90,7 @@ class FakeRuntime:
         raise AssertionError("not used")
 
 
-class FakeClient:
+class FakeClient(InferViaClassify):
     world: ClassVar[World]
     runtime: ClassVar[FakeRuntime]
 

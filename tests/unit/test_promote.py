@@ -30,6 +30,7 @@ from deployer.manifest import Manifest
 from deployer.promote import PromotionFailed, promote, promotion_lock, rollback
 from deployer.server_config import ServedModel, parse_models_config, render_models_config
 from deployer.state import StateDir
+from tests.fakes import InferViaClassify
 
 ROWS = [(5.1, 3.3, 1.7, 0.5), (5.9, 3.0, 4.2, 1.5), (6.9, 3.1, 5.4, 2.1)]
 FEATURES = ("SepalLength", "SepalWidth", "PetalLength", "PetalWidth")
@@ -55,7 +56,7 @@ def wrong(features: Mapping[str, float]) -> list[tuple[str, float]]:
     return [("0", 0.0), ("1", 0.0), ("2", 1.0)]
 
 
-class FakeServer:
+class FakeServer(InferViaClassify):
     """A ServingClient stand-in with TF Serving's label rule, asynchronous loads and declarative reloads."""
 
     target = "fake:0"
@@ -400,9 +401,12 @@ def test_max_score_delta_fails_a_promotion_whose_scores_moved_too_much(setup: Se
     before = setup.state.models_config.read_text()
     with pytest.raises(PromotionFailed) as info:
         setup.promote(2, max_score_delta=0.001)
-    assert "exceeds --max-score-delta 0.001" in info.value.message
+    assert "exceeds --max-delta 0.001" in info.value.message
     _assert_restored(setup, before)
-    assert setup.promote(2, max_score_delta=0.5).result == "ok"
+    with pytest.raises(PromotionFailed, match="exceeds --max-delta 0.01"):
+        setup.promote(2, max_delta=0.01)
+    _assert_restored(setup, before)
+    assert setup.promote(2, max_delta=0.5).result == "ok"
 
 
 def test_a_candidate_that_fails_to_load_is_rolled_back(setup: Setup) -> None:

@@ -18,6 +18,7 @@ from deployer.client import ClassifyResult
 from deployer.errors import ServerRequestError
 from deployer.manifest import ModelSpec
 from deployer.smoke import SmokeReport, junit_xml, rest_classify_url, run_smoke, run_smoke_rest, write_junit
+from tests.fakes import InferViaClassify
 
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
 ROWS = [(5.1, 3.3, 1.7, 0.5), (5.9, 3.0, 4.2, 1.5), (6.9, 3.1, 5.4, 2.1)]
@@ -47,7 +48,7 @@ def answer_for(features: Mapping[str, float], wrong: bool) -> str:
     return "0" if petal < 3 else "1" if petal < 5 else "2"
 
 
-class FakeClient:
+class FakeClient(InferViaClassify):
     target = "fake:8500"
 
     def __init__(self, wrong: bool = False, score: float = 0.9, served: int = 3, fail_on: int | None = None) -> None:

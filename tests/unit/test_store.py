@@ -227,10 +227,10 @@ def test_validate_accepts_classify_contract(tmp_path: Path) -> None:
         ({"inputs": {"inputs": ("DT_STRING", [-1]), "x": ("DT_FLOAT", [-1])}}, "exactly one input 'inputs'"),
         ({"inputs": {"inputs": ("DT_FLOAT", [-1])}}, "must be rank-1 DT_STRING"),
         ({"inputs": {"inputs": ("DT_STRING", [-1, 4])}}, "must be rank-1 DT_STRING"),
-        ({"outputs": {"scores": ("DT_FLOAT", [-1, 3])}}, "expected outputs 'classes' and 'scores'"),
+        ({"outputs": {"probabilities": ("DT_FLOAT", [-1, 3])}}, "expected outputs 'classes' and/or 'scores'"),
         (
             {"outputs": {"classes": ("DT_STRING", [-1, 3]), "scores": ("DT_FLOAT", [-1, 3]), "x": ("DT_FLOAT", [-1])}},
-            "expected outputs 'classes' and 'scores'",
+            "expected outputs 'classes' and/or 'scores'",
         ),
         ({"outputs": {"classes": ("DT_STRING", [-1, 3]), "scores": ("DT_DOUBLE", [-1, 3])}}, "must be DT_FLOAT"),
         ({"outputs": {"classes": ("DT_INT64", [-1, 3]), "scores": ("DT_FLOAT", [-1, 3])}}, "must be DT_STRING"),

@@ -233,6 +233,10 @@ def predict(
 def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
+    if isinstance(value, list) and len(value) > 3 and all(isinstance(v, int | float) for v in value):
+        # A score vector: what a person looks for is the winner.
+        best = max(range(len(value)), key=lambda i: value[i])
+        return f"argmax {best} ({value[best]:.4g}) of {len(value)}"
     text = json.dumps(value) if not isinstance(value, str) else value
     return text if len(text) <= 60 else text[:59] + "…"
 

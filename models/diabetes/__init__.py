@@ -1,0 +1,1 @@
+"""Diabetes progression regression (scikit-learn load_diabetes), served through TF Serving Regress."""

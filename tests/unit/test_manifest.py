@@ -147,3 +147,114 @@ def test_iris_manifest_loads() -> None:
         assert seed_row in cases
     assert manifest.server.runtime == "auto"
     assert (manifest.server.grpc_port, manifest.server.rest_port) == (8500, 8501)
+
+
+# ---- the fields of issue 8: sources, api, typed features, predict inputs, per-API expectations -------
+def _predict_doc() -> Doc:
+    doc = iris_manifest_doc()
+    model = _model(doc)
+    for key in ("features", "classes"):
+        del model[key]
+    model["api"] = "predict"
+    model["inputs"] = [{"name": "image", "dtype": "float32", "shape": [-1, 2, 2]}]
+    model["outputs"] = [{"name": "probabilities", "dtype": "float32", "shape": [-1, 3]}]
+    model["smoke"] = [{"name": "p", "inputs": {"image": [[0, 1], [2, 3]]}, "expect": {"probabilities": {"argmax": 1}}}]
+    return doc
+
+
+def _regress_doc() -> Doc:
+    doc = iris_manifest_doc()
+    model = _model(doc)
+    del model["classes"]
+    model["api"] = "regress"
+    model["features"][0]["dtype"] = "int"
+    model["smoke"] = [{"features": {**SEED_ROWS[0][0], "SepalLength": 5}, "expect_value": 1.5, "tolerance": 0.1}]
+    return doc
+
+
+NEW_FIELDS: list[tuple[str, Callable[[], Doc], Callable[[Doc], None], str]] = [
+    ("unknown api", iris_manifest_doc, _set("models.0.api", "explain"), "models[0].api: Input should be"),
+    ("classes on regress", _regress_doc, _set("models.0.classes", ["a", "b"]),
+     "models[0].classes: not a field of a regress"),
+    ("int feature gets float", _regress_doc, _set("models.0.smoke.0.features.SepalLength", 5.5),
+     "models[0].smoke[0].features.SepalLength: 5.5 is not an integer"),
+    ("string feature gets number", iris_manifest_doc, _set("models.0.features.0.dtype", "string"),
+     "models[0].smoke[0].features.SepalLength: 5.1 is not a string"),
+    ("regress without expect_value", _regress_doc, _delete("models.0.smoke.0.expect_value"),
+     "models[0].smoke[0].expect_value: Field required"),
+    ("negative tolerance", _regress_doc, _set("models.0.smoke.0.tolerance", -1),
+     "models[0].smoke[0].tolerance: Input should"),
+    ("expect_value too big", _regress_doc, _set("models.0.smoke.0.expect_value", 1e300),
+     "models[0].smoke[0].expect_value: Input should be less than"),
+    ("expect_class on regress", _regress_doc, _set("models.0.smoke.0.expect_class", "0"),
+     "models[0].smoke[0].expect_class: not a field of a regress"),
+    ("predict without inputs", _predict_doc, _delete("models.0.inputs"), "models[0].inputs: a predict model needs"),
+    ("bad dtype", _predict_doc, _set("models.0.inputs.0.dtype", "float16"), "models[0].inputs[0].dtype: Input should"),
+    ("batch dim", _predict_doc, _set("models.0.inputs.0.shape", [2, 2, 2]),
+     "models[0].inputs[0].shape: shape[0] is the batch dimension"),
+    ("rank too high", _predict_doc, _set("models.0.inputs.0.shape", [-1] * 9),
+     "models[0].inputs[0].shape: List should"),
+    ("instance shape", _predict_doc, _set("models.0.smoke.0.inputs.image", [1, 2, 3]),
+     "models[0].smoke[0].inputs.image: one instance must have shape [2, 2], got [3]"),
+    ("instance non-finite", _predict_doc, _set("models.0.smoke.0.inputs.image", [[0, 1], [2, float("nan")]]),
+     "models[0].smoke[0].inputs: image: nan is not a finite number"),
+    ("unknown input", _predict_doc, _set("models.0.smoke.0.inputs.pixels", [[0, 1], [2, 3]]),
+     "models[0].smoke[0].inputs: unknown input(s) pixels"),
+    ("inputs and file", _predict_doc, _set("models.0.smoke.0.inputs_file", "x.json"),
+     "models[0].smoke[0].inputs: give inputs"),
+    ("undeclared output", _predict_doc, _set("models.0.smoke.0.expect", {"logits": {"argmax": 1}}),
+     "models[0].smoke[0].expect.logits: not one of the declared outputs"),
+    ("two checks", _predict_doc, _set("models.0.smoke.0.expect.probabilities", {"argmax": 1, "shape": [3]}),
+     "models[0].smoke[0].expect.probabilities: give exactly one of argmax, values or shape (got argmax, shape)"),
+    ("negative argmax", _predict_doc, _set("models.0.smoke.0.expect.probabilities", {"argmax": -1}),
+     "models[0].smoke[0].expect.probabilities.argmax: Input should be greater"),
+    ("atol without values", _predict_doc, _set("models.0.smoke.0.expect.probabilities", {"argmax": 1, "atol": 1}),
+     "atol: only meaningful with values"),
+    ("values of wrong shape", _predict_doc, _set("models.0.smoke.0.expect.probabilities", {"values": [1, 2]}),
+     "models[0].smoke[0].expect.probabilities.values: one instance must have shape [3], got [2]"),
+    ("features on predict", _predict_doc, _set("models.0.features", [{"name": "x"}]),
+     "models[0].features: not a field of a predict"),
+    ("missing inputs file", _predict_doc,
+     _set("models.0.smoke.0", {"inputs_file": "nope.json", "expect": {"probabilities": {"argmax": 1}}}),
+     "models[0].smoke[0].inputs_file: "),
+    ("trainer without api", _regress_doc, lambda d: _model(d).pop("api") and _model(d).pop("smoke"),
+     "models[0].api: a trainer-built model needs an api"),
+    ("predict field on regress", _regress_doc, lambda d: _model(d)["smoke"].append({"inputs": {"x": 1}}),
+     "models[0].smoke[1].inputs: not a field of a regress smoke case"),
+    ("mixed case kinds", _regress_doc,
+     lambda d: (_model(d).pop("api"), _model(d).pop("trainer"), _model(d)["smoke"].append({"inputs": {"x": 1}})),
+     "models[0].smoke: cases mix the fields of predict and regress; set models[0].api"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("make", "mutate", "expected"), [c[1:] for c in NEW_FIELDS], ids=[c[0] for c in NEW_FIELDS])
+def test_bad_new_fields_name_the_field(
+    tmp_path: Path, make: Callable[[], Doc], mutate: Callable[[Doc], None], expected: str
+) -> None:
+    doc = make()
+    mutate(doc)
+    with pytest.raises(ManifestError) as info:
+        load_manifest(write_manifest(tmp_path, doc))
+    assert expected in info.value.message
+    assert "\n" not in info.value.message
+
+
+def test_the_three_example_manifests_and_the_zoo_load() -> None:
+    apis = {}
+    for name in ("iris", "diabetes", "digits", "zoo"):
+        manifest = load_manifest(REPO_ROOT / "manifests" / f"{name}.yaml")
+        apis.update({m.name: m.declared_api for m in manifest.models})
+    assert apis == {"iris": "classify", "diabetes": "regress", "digits": "predict"}
+
+
+def test_sources_and_the_signature_default(tmp_path: Path) -> None:
+    doc = _regress_doc()
+    model = _model(doc)
+    del model["trainer"], model["api"]
+    model["saved_model"] = "elsewhere/model"
+    loaded = load_manifest(write_manifest(tmp_path, doc)).model()
+    assert loaded.source == "saved_model" and loaded.declared_api == "regress"  # from expect_value
+    del model["saved_model"]
+    model["smoke"] = []
+    loaded = load_manifest(write_manifest(tmp_path, doc)).model()
+    assert loaded.source == "external" and loaded.declared_api is None  # the signature's method name decides

@@ -41,7 +41,7 @@ def data_hash(features: np.ndarray, targets: np.ndarray) -> str:
 
 def split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(n)
-    n_test = int(round(n * TEST_FRACTION))
+    n_test = round(n * TEST_FRACTION)
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 

@@ -403,7 +403,7 @@ def test_max_score_delta_fails_a_promotion_whose_scores_moved_too_much(setup: Se
         setup.promote(2, max_score_delta=0.001)
     assert "exceeds --max-delta 0.001" in info.value.message
     _assert_restored(setup, before)
-    with pytest.raises(PromotionFailed, match="exceeds --max-delta 0.01"):
+    with pytest.raises(PromotionFailed, match=r"exceeds --max-delta 0\.01"):
         setup.promote(2, max_delta=0.01)
     _assert_restored(setup, before)
     assert setup.promote(2, max_delta=0.5).result == "ok"

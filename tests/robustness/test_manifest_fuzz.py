@@ -31,7 +31,7 @@ expectation = st.dictionaries(
 case = st.dictionaries(
     st.sampled_from(
         ["name", "features", "inputs", "inputs_file", "expect_class", "min_score", "expect_value", "tolerance",
-         "expect"]  # fmt: skip
+         "expect"]
     ),
     st.one_of(values, st.dictionaries(names, st.one_of(values, expectation), max_size=2)),
     max_size=4,

@@ -1,28 +1,24 @@
 # deployer: the two commands of the quick start are `make up` and `make test`.
 SHELL := /bin/bash
-PYTHON ?= python3
+# PYTHON picks the interpreter for .venv (default: the first supported of python3, python3.12, python3.11;
+# scripts/install-venv checks it against pyproject's requires-python before anything is created).
+export PYTHON
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 MANIFEST ?= manifests/iris.yaml
-export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: docker-ready install up test test-unit test-grpc test-docker bench bench-promote lint image deploy down clean
+.PHONY: docker-ready install tools up test test-unit test-grpc test-docker bench bench-promote lint image deploy down clean
 
-install: $(STAMP)
+# Idempotent: a second run costs one interpreter check; a .venv of the wrong Python is rebuilt.
+install:
+	@scripts/install-venv
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
-	@rm -f $(VENV)/.installed-*
-	@touch $@
-
+# bin/deployer runs .venv/bin/deployer without activation; the summary's next commands use it too.
 up: install
-	$(BIN)/deployer up -f $(MANIFEST)
+	@bin/deployer up -f $(MANIFEST)
 
 down: install
-	$(BIN)/deployer down -f $(MANIFEST)
+	@bin/deployer down -f $(MANIFEST)
 
 docker-ready:
 	@scripts/ensure-docker
@@ -59,5 +55,7 @@ bench: install
 bench-promote: install image
 	$(BIN)/python -m benchmarks.run promote
 
+# Removes what make created (.venv, build/, caches); never your exported models (exports/) or the
+# deployment state (.deployer/: served config, ledger). A running server is not stopped: `make down` first.
 clean:
-	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache .hypothesis *.egg-info

@@ -25,12 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deployer import __version__, apis, store
+from deployer import __version__, apis, store, tf_noise
 from deployer.apis import examples, request_builder
 from deployer.apis.base import Api, Batch
 from deployer.errors import InputDataError, StoreError, TrainerError
 from deployer.manifest import Manifest, ModelSpec
-from deployer.trainer import TrainResult, load_trainer, run_trainer
+from deployer.trainer import Progress, TrainResult, load_trainer, run_trainer
 
 # TF Serving reads at most this many warmup records.
 MAX_WARMUP_RECORDS = 1000
@@ -152,6 +152,7 @@ def export_model(
     seconds_train: float = 0.0,
 ) -> ExportResult:
     """Export an already-built Keras model as the next version of ``model``, atomically."""
+    tf_noise.import_tensorflow()
     started = time.perf_counter()
     api = trainer_api(model)
     base_path = manifest.base_path(model)
@@ -203,14 +204,20 @@ def preflight(manifest: Manifest, model: ModelSpec) -> None:
             hint="`deployer import` publishes a SavedModel built elsewhere; `deployer up` serves what is there",
         )
     store.ensure_base_path(manifest.base_path(model))
+    # Trainer modules usually import TensorFlow: start it here, with its C++ start-up chatter filtered.
+    tf_noise.import_tensorflow()
     load_trainer(manifest, model)
 
 
-def train_and_export(manifest: Manifest, model: ModelSpec, *, now: float | None = None) -> ExportResult:
-    """Run the manifest's trainer and export its model as the next version."""
+def train_and_export(
+    manifest: Manifest, model: ModelSpec, *, now: float | None = None, progress: Progress | None = None
+) -> ExportResult:
+    """Run the manifest's trainer and export its model as the next version.
+
+    ``progress`` receives the trainer's reports (epochs, loss) as one-line messages."""
     preflight(manifest, model)
     started = time.perf_counter()
-    result: TrainResult = run_trainer(manifest, model)
+    result: TrainResult = run_trainer(manifest, model, progress=progress)
     seconds_train = time.perf_counter() - started
     return export_model(
         result.model,
@@ -238,6 +245,7 @@ def run_local(path: Path, model: ModelSpec, batch: Batch) -> LocalAnswer:
     """Run ``batch`` through the version's signature in-process, loaded as TF Serving loads it."""
     from deployer.local_run import LocalModel
 
+    tf_noise.import_tensorflow()
     sig = store.find_signature(path, model)
     api = apis.resolve(model, sig)
     with LocalModel(path) as loaded:

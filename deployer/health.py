@@ -21,6 +21,10 @@ FIRST_DELAY_S = 0.1
 MAX_DELAY_S = 2.0
 # One check never waits on a single RPC longer than this, so a wedged server cannot eat the deadline.
 RPC_TIMEOUT_S = 5.0
+# While waiting, what it waits for is reported when it changes, and at least this often; a server that
+# is healthy within QUIET_FIRST_S says nothing.
+REPORT_EVERY_S = 5.0
+QUIET_FIRST_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -130,8 +134,12 @@ def wait_healthy(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     fresh_client: Callable[[], ServingClient] | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> HealthReport:
     """Block until healthy or raise NotHealthy (timeout, failed load, server exited) with the log tail.
+
+    ``on_wait`` receives "still waiting" reports (elapsed seconds and the reason) when the reason
+    changes and at least every REPORT_EVERY_S, so a slow load is never silent.
 
     ``fresh_client`` builds a new client for checks while the port is not answering yet: a gRPC
     channel that saw UNAVAILABLE sits in reconnect backoff (growing to minutes), which would delay
@@ -147,6 +155,7 @@ def wait_healthy(
     delay = FIRST_DELAY_S
     checks = 0
     answered = False
+    reported_reason, reported_at = "", started
     while True:
         checks += 1
         remaining = deadline_s - (clock() - started)
@@ -178,6 +187,11 @@ def wait_healthy(
                 details=_safe_tail(log_tail),
                 hint="raise server.health_deadline_seconds if the model is slow to load",
             )
+        now = clock()
+        due = outcome.reason != reported_reason or now - reported_at >= REPORT_EVERY_S
+        if on_wait is not None and elapsed >= QUIET_FIRST_S and due:
+            on_wait(f"waiting ({elapsed:.0f}s of {deadline_s:g}s): {outcome.reason}")
+            reported_reason, reported_at = outcome.reason, now
         sleep(max(0.0, min(delay, deadline_s - elapsed)))
         delay = min(delay * 2, MAX_DELAY_S)
 

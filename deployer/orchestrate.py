@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deployer import store
+from deployer import store, tf_noise
 from deployer.client import ServingClient, VersionStatus
 from deployer.errors import DeployerError, NotHealthy, RuntimeUnavailable, ServerRequestError, StoreError, UsageError
 from deployer.health import HealthReport, wait_healthy
@@ -281,7 +281,10 @@ def _ensure_versions(manifest: Manifest, retrain: bool, say: Progress, timings: 
         # Imported here: export pulls in TensorFlow, which only this step needs.
         from deployer.export import train_and_export
 
-        result = train_and_export(manifest, model)
+        def report(line: str, name: str = model.name) -> None:
+            say(f"  {name}: {line}")
+
+        result = train_and_export(manifest, model, progress=report)
         timings["train"] = timings.get("train", 0.0) + result.seconds_train
         timings["export"] = timings.get("export", 0.0) + result.seconds_export
         say(f"exported {model.name} version {result.version} to {result.path}")
@@ -428,7 +431,8 @@ def up(
                 labels,
                 deadline_s=manifest.server.health_deadline_seconds,
                 server_state=lambda: runtime.state(running),
-                log_tail=lambda: runtime.logs(running, LOG_TAIL_LINES),
+                log_tail=lambda: tf_noise.strip(runtime.logs(running, LOG_TAIL_LINES)),
+                on_wait=say,
             )
         except BaseException as exc:
             client.close()

@@ -36,10 +36,20 @@ from deployer.manifest import Manifest, ModelSpec
 
 DEFAULT_SEED = 42
 
+Progress = Callable[[str], None]
+
+
+def _silent(message: str) -> None:
+    del message
+
 
 @dataclass(frozen=True)
 class TrainContext:
-    """What deployer hands a trainer."""
+    """What deployer hands a trainer.
+
+    ``progress`` takes one-line reports of a long training (``"epoch 60/300: loss 0.41"``); deployer
+    shows them while the trainer runs. Calling it is optional and cheap; it never prints by itself.
+    """
 
     model_name: str
     feature_names: list[str]
@@ -50,6 +60,7 @@ class TrainContext:
     # predict: the manifest's inputs/outputs as {"name", "dtype", "shape"} (shape with -1 for the batch).
     inputs: list[dict[str, Any]] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    progress: Progress = _silent
 
 
 @dataclass
@@ -71,7 +82,9 @@ class TrainResult:
 Trainer = Callable[[TrainContext], TrainResult]
 
 
-def context_for(manifest: Manifest, model: ModelSpec, *, seed: int = DEFAULT_SEED) -> TrainContext:
+def context_for(
+    manifest: Manifest, model: ModelSpec, *, seed: int = DEFAULT_SEED, progress: Progress | None = None
+) -> TrainContext:
     return TrainContext(
         model_name=model.name,
         feature_names=model.feature_names,
@@ -81,6 +94,7 @@ def context_for(manifest: Manifest, model: ModelSpec, *, seed: int = DEFAULT_SEE
         api=model.declared_api or "classify",
         inputs=[t.model_dump() for t in model.inputs or []],
         outputs=[t.model_dump() for t in model.outputs or []],
+        progress=progress or _silent,
     )
 
 
@@ -112,10 +126,12 @@ def load_trainer(manifest: Manifest, model: ModelSpec) -> Trainer:
     return trainer
 
 
-def run_trainer(manifest: Manifest, model: ModelSpec, *, seed: int = DEFAULT_SEED) -> TrainResult:
+def run_trainer(
+    manifest: Manifest, model: ModelSpec, *, seed: int = DEFAULT_SEED, progress: Progress | None = None
+) -> TrainResult:
     """Load and call the trainer; check it kept the contract."""
     trainer = load_trainer(manifest, model)
-    result = trainer(context_for(manifest, model, seed=seed))
+    result = trainer(context_for(manifest, model, seed=seed, progress=progress))
     if not isinstance(result, TrainResult):
         raise TrainerError(
             f"trainer {model.trainer!r} returned {type(result).__name__}, expected deployer.trainer.TrainResult"

@@ -32,7 +32,7 @@ def train(manifest_path: str, model_name: str | None, as_json: bool) -> None:
     preflight(manifest, model)
     if not as_json:
         console.info(f"training {model.name} with {model.trainer} ...")
-    result = train_and_export(manifest, model)
+    result = train_and_export(manifest, model, progress=lambda line: console.info(f"  {escape(line)}"))
     if as_json:
         console.emit_json(result.to_json())
         return

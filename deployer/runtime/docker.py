@@ -117,6 +117,42 @@ def _docker_errors(action: str, image: str | None = None) -> Iterator[None]:
         ) from None
 
 
+class PullProgress:
+    """Turns the daemon's per-layer pull events into a few lines: layers done and MB downloaded, at
+    most every ``every_s`` seconds (byte-level events would flood a CI log)."""
+
+    def __init__(
+        self, image: str, report: Progress, *, every_s: float = 2.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.image, self.report, self.every_s, self.clock = image, report, every_s, clock
+        self.layers: dict[str, tuple[int, int]] = {}  # layer id → (downloaded bytes, total bytes)
+        self.done: set[str] = set()
+        self.last = clock()
+
+    def update(self, event: Mapping[str, Any]) -> None:
+        layer, status = str(event.get("id", "")), str(event.get("status", ""))
+        detail = event.get("progressDetail") or {}
+        if layer and status == "Downloading" and isinstance(detail, Mapping):
+            self.layers[layer] = (int(detail.get("current") or 0), int(detail.get("total") or 0))
+        elif layer and status in ("Pull complete", "Already exists"):
+            self.done.add(layer)
+        elif layer and status == "Pulling fs layer":
+            self.layers.setdefault(layer, (0, 0))
+        if self.clock() - self.last >= self.every_s:
+            self.last = self.clock()
+            self.report(self.line())
+
+    def line(self) -> str:
+        current = sum(c for c, _ in self.layers.values())
+        total = sum(t for _, t in self.layers.values())
+        size = f", {current / 1e6:.0f} of {total / 1e6:.0f} MB downloaded" if total else ""
+        known = len(set(self.layers) | self.done)
+        return f"pulling {self.image}: {len(self.done)} of {known} layers done{size}"
+
+    def finish(self) -> None:
+        self.report(f"pulled {self.image} ({len(self.done)} layers)")
+
+
 def connect(progress: Progress | None = None, *, timeout: int = 60) -> DockerRuntime:
     """The factory: a runtime bound to the daemon named by the environment (DOCKER_HOST, ...).
 
@@ -323,7 +359,7 @@ class DockerRuntime:
             return
         repository, tag = parse_repository_tag(image)
         self._report(f"image {image} is not present locally; pulling it")
-        last: dict[str, str] = {}
+        progress = PullProgress(image, self._report)
         try:
             stream = self.client.api.pull(repository, tag=tag or "latest", stream=True, decode=True)
             for event in stream:
@@ -332,11 +368,8 @@ class DockerRuntime:
                         f"image {image} is not present locally and pulling it failed: {event['error']}",
                         hint=_make_image_hint(image),
                     )
-                layer, status = str(event.get("id", "")), str(event.get("status", ""))
-                # One line per layer state change: byte-level progress would flood a callback.
-                if status and last.get(layer) != status:
-                    last[layer] = status
-                    self._report(f"{layer}: {status}" if layer else status)
+                progress.update(event)
+            progress.finish()
         except (DockerException, requests.exceptions.RequestException) as exc:
             raise RuntimeUnavailable(
                 f"image {image} is not present locally and pulling it failed: {_short(exc)}",

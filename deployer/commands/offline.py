@@ -115,7 +115,7 @@ def inspect(manifest_path: str, model_name: str | None, version: int | None, as_
         rows += [["output", t.name, t.dtype, _shape(t.shape), t.tensor] for t in sig.outputs]
         console.table(
             f"{model.name} v{number} signature {sig.name!r} (method {sig.method_name or '-'})",
-            ["Kind", "Name", "DType", "Shape", "Tensor"],
+            ["Kind", "Name", "DType", "Shape", console.Column("Tensor", essential=False)],
             rows,
         )
     console.out.print(

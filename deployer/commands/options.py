@@ -19,3 +19,13 @@ manifest_option = click.option(
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 model_option = click.option("--model", "model_name", default=None, help="Model name (when the manifest has several).")
+
+output_option = click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Choice(["table", "wide", "json"]),
+    default="table",
+    show_default=True,
+    help="table: the essential columns, fitted to the width; wide: every column; json: like --json.",
+)

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import click
 
 from deployer import console
-from deployer.commands.options import json_option, manifest_option, model_option
+from deployer.commands.options import json_option, manifest_option, model_option, output_option
+from deployer.console import Column
 from deployer.ledger import Ledger
 from deployer.manifest import load_manifest
 from deployer.promote import PromoteReport, PromotionFailed
@@ -187,9 +188,18 @@ def _smoke_text(smoke: dict[str, object]) -> str:
 @model_option
 @click.option("--label", default=None, help="Only entries for this label.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the newest N entries.")
+@output_option
 @json_option
-def history(manifest_path: str, model_name: str | None, label: str | None, limit: int | None, as_json: bool) -> None:
-    """The promotion history of this project: who moved which label from where to where, and how it went."""
+def history(
+    manifest_path: str, model_name: str | None, label: str | None, limit: int | None, output: str, as_json: bool
+) -> None:
+    """The promotion history of this project: who moved which label from where to where, and how it went.
+
+    The table shows when, what and how it ended, fitted to the width; -o wide adds who, the kind,
+    the smoke summary, the duration and the whole reason.
+    """
+    import time
+
     manifest = load_manifest(manifest_path)
     state = StateDir(manifest.state_path)
     read = Ledger(state.ledger).read()
@@ -198,7 +208,7 @@ def history(manifest_path: str, model_name: str | None, label: str | None, limit
     ]
     if limit is not None:
         entries = entries[-limit:]
-    if as_json:
+    if as_json or output == "json":
         console.emit_json(
             {
                 "project": manifest.project,
@@ -213,25 +223,30 @@ def history(manifest_path: str, model_name: str | None, label: str | None, limit
     if not entries:
         console.info(f"no promotions recorded for {manifest.project} ({state.ledger})")
         return
+    title = f"promotion history of {manifest.project}"
+    if output == "wide":
+        console.table(
+            title,
+            # Every column in full, as kubectl -o wide: a long line wraps in a terminal, nothing is cut.
+            ["time (UTC)", "user", "kind", "model", "label", "from → to", "result", "smoke", "total s", "reason"],
+            [
+                (e.iso_time, e.user, e.kind, e.model, e.label, f"{e.from_version} → {e.to_version}", e.result,
+                 _smoke_text(e.smoke), f"{e.durations.get('total', 0.0):.1f}", e.reason)
+                for e in entries
+            ],
+            wide_hint="--json",
+        )  # fmt: skip
+        return
     console.table(
-        f"promotion history of {manifest.project}",
-        ["time (UTC)", "user", "kind", "model", "label", "from → to", "result", "smoke", "total s", "reason"],
+        title,
+        ["time (UTC)", "model", "label", "from → to", "result", Column("reason", essential=False)],
         [
-            (
-                e.iso_time,
-                e.user,
-                e.kind,
-                e.model,
-                e.label,
-                f"{e.from_version} → {e.to_version}",
-                e.result,
-                _smoke_text(e.smoke),
-                f"{e.durations.get('total', 0.0):.1f}",
-                e.reason,
-            )
+            (time.strftime("%Y-%m-%d %H:%M", time.gmtime(e.time)), e.model, e.label,
+             f"{e.from_version} → {e.to_version}", e.result, e.reason)
             for e in entries
         ],
-    )
+        wide_hint="-o wide",
+    )  # fmt: skip
 
 
 COMMANDS = [promote, rollback, history]

@@ -45,14 +45,20 @@ def _print_models(models: list[ModelView]) -> None:
         versions = {s.version: s for s in view.versions}
         numbers = sorted(set(versions) | set(view.labels.values()))
         if not numbers:
-            rows.append([view.name, "-", view.error or "no versions reported", ""])
+            rows.append([view.name, "-", "-", "", view.error or "no versions reported"])
         for number in numbers:
             status = versions.get(number)
-            state = status.state if status else (view.error or "not reported")
+            state = status.state if status else "not reported"
+            problem = view.error if status is None else ""
             if status is not None and status.failed:
-                state += f" ({status.error_code}: {status.error_message})"
-            rows.append([view.name, number, state, _labels_of(view, number)])
-    console.table(None, ["model", "version", "state", "labels"], rows)
+                problem = f"{status.error_code}: {status.error_message}"
+            rows.append([view.name, number, state, _labels_of(view, number), problem])
+    columns: list[str | console.Column] = ["model", "version", "state", "labels"]
+    if any(row[4] for row in rows):
+        columns.append(console.Column("error", essential=False))
+    else:
+        rows = [row[:4] for row in rows]
+    console.table(None, columns, rows)
 
 
 def _smoke_line(report: SmokeReport) -> str:

@@ -4,11 +4,14 @@ TF Serving refuses to move an existing label to a version that is not AVAILABLE 
 (``ServerCore::UpdateModelVersionLabelMap``), so a promotion is a sequence of declarative reloads,
 each one legal on the real server:
 
-  1. load:   versions = current ∪ {candidate}, labels unchanged; wait until the candidate is AVAILABLE.
-  2. check:  smoke-test the candidate by version, diff its answers against the label's current ones
+  1. verify: the candidate on disk is a complete SavedModel meeting its API's contract (no server involved).
+  2. load:   versions = current ∪ {candidate}, labels unchanged; wait until the candidate is AVAILABLE.
+  3. check:  smoke-test the candidate by version, diff its answers against the label's current ones
              (through the model's API piece: class changes, value deltas, per-output deltas and argmax).
-  3. switch: move the label; verify that a request of the model's API through the label echoes the candidate.
-  4. trim:   unload versions nothing wants (the previous one stays if ``keep_previous``; labelled ones stay).
+  4. switch: move the label; verify that a request of the model's API through the label echoes the candidate.
+  5. trim:   unload versions nothing wants (the previous one stays if ``keep_previous``; labelled ones stay).
+
+The CLI reports them as "step N/5", the numbering of the README.
 
 The rendered models.config in the state directory is the deployment's truth: it is written
 atomically *before* each reload, so a server restarted at any moment comes back in a state the
@@ -32,6 +35,7 @@ from typing import Any, NoReturn
 from deployer import apis, health, smoke, store
 from deployer.apis import request_builder
 from deployer.apis.base import Api, CaseDiff
+from deployer.apis.common import distinct
 from deployer.client import ServingClient
 from deployer.errors import DeployerError, PromoteFailed, StoreError, UsageError, VersionNotFound
 from deployer.ledger import Kind, Ledger, LedgerEntry, Result, current_user, last_successful
@@ -326,7 +330,7 @@ class _Promotion:
         )
         if current == candidate:
             report.noop = True
-            report.reason = f"label {self.label} already points at version {candidate}; nothing to do"
+            report.reason = f"label {self.label} already points at version {candidate}"
             self._timed("total", self.started)
             report.durations = dict(self.durations)
             return report
@@ -364,15 +368,15 @@ class _Promotion:
         model = self.spec.name
         server = self.manifest.server
 
-        # Phase 1: the candidate loads beside the current version; the label does not move.
+        # Step 2: the candidate loads beside the current version; the label does not move.
         since = self.clock()
         loading = replace(entry, versions=tuple(sorted({*entry.versions, candidate})))
         if loading.versions != entry.versions:
-            self.progress(f"phase 1/3: loading version {candidate} beside {list(entry.versions)} (label unchanged)")
+            self.progress(f"step 2/5: loading version {candidate} beside {list(entry.versions)} (label unchanged)")
             self._apply(served, loading)
             served = [loading if m.name == model else m for m in served]
         else:
-            self.progress(f"phase 1/3: version {candidate} is already loaded")
+            self.progress(f"step 2/5: version {candidate} is already loaded")
         health.wait_versions_available(
             self.client,
             model,
@@ -385,9 +389,11 @@ class _Promotion:
         self._timed("load", since)
         self.progress(f"version {candidate} is AVAILABLE ({self.durations['load']:.1f}s)")
 
-        # Checks: the candidate by version must pass the smoke set; its answers are diffed against the label's.
+        # Step 3, checks: the candidate by version must pass the smoke set; its answers are diffed against the label's.
         since = self.clock()
         api = model_api(self.manifest, self.spec, candidate)
+        against = f" and comparing it with {self.label} (version {current})" if current is not None else ""
+        self.progress(f"step 3/5: smoke-testing version {candidate}{against}")
         verdict = smoke.run_smoke(self.client, self.spec, version=candidate)
         report.smoke = verdict.to_json()
         if current is not None:
@@ -395,9 +401,10 @@ class _Promotion:
         self._timed("smoke", since)
         if not verdict.passed:
             first = verdict.failures[0]
+            passed = len(verdict.cases) - len(verdict.failures)
             raise _StepFailed(
-                f"version {candidate} failed {len(verdict.failures)} of {len(verdict.cases)} smoke case(s);"
-                f" {first.name}: {first.reason}"
+                f"version {candidate}: {len(verdict.failures)} of {len(verdict.cases)} smoke case(s) failed"
+                f" ({passed} passed); {first.name}: {first.reason}"
             )
         self.progress(
             f"smoke: version {candidate} passed {len(verdict.cases)} case(s); vs {self.label}"
@@ -410,13 +417,13 @@ class _Promotion:
             if over:
                 worst = max(over, key=lambda d: d.delta or 0.0)
                 raise _StepFailed(
-                    f"delta {worst.delta:.4g} on case {worst.name!r} exceeds --max-delta {limit:g}"
+                    f"delta {distinct(worst.delta or 0.0, limit)} on case {worst.name!r} exceeds --max-delta {limit:g}"
                     f" ({len(over)} case(s) over)"
                 )
 
-        # Phase 2: the label moves; legal now that the candidate is AVAILABLE.
+        # Step 4: the label moves; legal now that the candidate is AVAILABLE.
         since = self.clock()
-        self.progress(f"phase 2/3: moving {self.label} {current} → {candidate}")
+        self.progress(f"step 4/5: moving {self.label} {current} → {candidate}")
         switched = replace(loading, labels={**loading.labels, self.label: candidate})
         self._apply(served, switched)
         served = [switched if m.name == model else m for m in served]
@@ -425,7 +432,7 @@ class _Promotion:
         self.durations["to_switch"] = self.clock() - self.started
         self.progress(f"{self.label} answers with version {candidate}")
 
-        # Phase 3: unload what nothing wants any more. Labelled versions always stay.
+        # Step 5: unload what nothing wants any more. Labelled versions always stay.
         since = self.clock()
         keep = {candidate, *switched.labels.values()}
         if current is not None and self.spec.version_policy.keep_previous:
@@ -433,11 +440,11 @@ class _Promotion:
         trimmed = replace(switched, versions=tuple(v for v in switched.versions if v in keep))
         unloaded = tuple(v for v in switched.versions if v not in keep)
         if unloaded:
-            self.progress(f"phase 3/3: unloading version(s) {list(unloaded)}")
+            self.progress(f"step 5/5: unloading version(s) {list(unloaded)}")
             self._apply(served, trimmed)
         else:
             kept = f" (keeping version {current} for a fast rollback)" if current in keep else ""
-            self.progress(f"phase 3/3: nothing to unload{kept}")
+            self.progress(f"step 5/5: nothing to unload{kept}")
         report.versions_loaded = trimmed.versions
         report.versions_unloaded = unloaded
         self._timed("unload", since)
@@ -519,6 +526,7 @@ def promote(
     label = _resolve_label(spec, label)
     started = clock()
     # Before the lock: a missing or broken version fails at once instead of queueing behind another promotion.
+    progress(f"step 1/5: checking version {version} of {spec.name} on disk")
     _validate_or_refuse(manifest, spec, label, "promote", version)
     validated = clock() - started
     return _execute(
@@ -601,6 +609,7 @@ def _execute(
         version = target(Ledger(state.ledger).entries(), entry.labels.get(label))
         if validated is None:
             since = clock()
+            progress(f"step 1/5: checking version {version} of {spec.name} on disk")
             _validate_or_refuse(manifest, spec, label, kind, version)
             validated = clock() - since
         run.durations["validate"] = validated

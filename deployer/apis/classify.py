@@ -150,7 +150,7 @@ class ClassifyApi:
                 False, expected, got, f"expected class {expected!r}, got {got!r} (score {score:.3f})", details
             )
         if score < min_score:
-            reason = f"class {got!r} scored {score:.3f}, below min_score {min_score:.3f}"
+            reason = f"class {got!r} scored {common.distinct(score, min_score)}, below min_score {min_score:g}"
             return Verdict(False, expected, got, reason, details)
         return Verdict(True, expected, got, "", details)
 

@@ -53,3 +53,12 @@ def no_string_features(model: ModelSpec) -> None:
 
 def describe_case(case: SmokeCase, index: int) -> str:
     return case.name or f"case-{index + 1}"
+
+
+def distinct(value: float, reference: float, *, digits: int = 3) -> str:
+    """``value`` with enough decimals (at least ``digits``, up to 8) to differ visibly from ``reference``:
+    "0.4996 < 0.5" instead of "0.500 < 0.500"."""
+    for places in range(digits, 9):
+        if f"{value:.{places}f}" != f"{reference:.{places}f}":
+            return f"{value:.{places}f}"
+    return f"{value:.8f}"

@@ -44,25 +44,24 @@ max_delta_option = click.option(
 )
 
 
+def _show_diff(report: PromoteReport) -> None:
+    if not report.diff:
+        return
+    console.table(
+        f"{report.model}: {report.label} version {report.from_version} vs candidate {report.to_version}",
+        ["case", f"v{report.from_version}", f"v{report.to_version}", "Δ", "changed"],
+        [
+            (d.name, d.current, d.candidate, "-" if d.delta is None else f"{d.delta:.4g}", "yes" if d.changed else "")
+            for d in report.diff
+        ],
+    )
+
+
 def _show(report: PromoteReport) -> None:
     if report.noop:
         console.info(f"[green]nothing to do:[/] {report.reason}")
         return
-    if report.diff:
-        console.table(
-            f"{report.model}: {report.label} version {report.from_version} vs candidate {report.to_version}",
-            ["case", f"v{report.from_version}", f"v{report.to_version}", "Δ", "changed"],
-            [
-                (
-                    d.name,
-                    d.current,
-                    d.candidate,
-                    "-" if d.delta is None else f"{d.delta:.4g}",
-                    "yes" if d.changed else "",
-                )
-                for d in report.diff
-            ],
-        )
+    _show_diff(report)
     verb = "rolled back" if report.kind == "rollback" else "promoted"
     total = report.durations.get("total", 0.0)
     kept = ", ".join(str(v) for v in report.versions_loaded)
@@ -79,6 +78,9 @@ def _run(as_json: bool, action: Callable[[Callable[[str], None]], PromoteReport]
     except PromotionFailed as exc:
         if as_json:
             console.emit_json(exc.report.to_json())
+        else:
+            # The comparison is what explains most refusals (a class flipped, a score moved): show it.
+            _show_diff(exc.report)
         raise
     if as_json:
         console.emit_json(report.to_json())
@@ -176,8 +178,14 @@ def _smoke_text(smoke: dict[str, object]) -> str:
         return ""
     parts = []
     if "passed" in smoke:
-        failed = smoke.get("failed_cases") or []
-        parts.append("passed" if smoke["passed"] else f"failed {failed}")
+        listed = smoke.get("failed_cases")
+        failed = [str(name) for name in listed] if isinstance(listed, list) else []
+        total = smoke.get("cases")
+        if smoke["passed"]:
+            parts.append(f"passed ({total} cases)" if total else "passed")
+        else:
+            of = f" of {total}" if total is not None else ""
+            parts.append(f"{len(failed)}{of} failed ({', '.join(failed)})")
     if "class_changes" in smoke:
         parts.append(f"{smoke['class_changes']} changed answer(s), max Δ {smoke.get('max_score_delta')}")
     return "; ".join(parts)

@@ -62,12 +62,16 @@ def _print_models(models: list[ModelView]) -> None:
 
 
 def _smoke_line(report: SmokeReport) -> str:
-    ok = len(report.cases) - len(report.failures)
-    verdict = "[green]passed[/]" if report.passed else "[red]FAILED[/]"
+    failed = len(report.failures)
+    total = len(report.cases)
+    if report.passed:
+        verdict = f"[green]passed[/]: {total} of {total} case(s)"
+    else:
+        verdict = f"[red]FAILED[/]: {failed} of {total} case(s) failed, {total - failed} passed"
     latencies = sorted(c.latency_s for c in report.cases)
     p50 = f", p50 {latencies[len(latencies) // 2] * 1000:.1f} ms" if latencies else ""
     where = escape(f"{report.model} ({report.selector}, {report.transport})")
-    return f"smoke {where}: {ok}/{len(report.cases)} {verdict}{p50}"
+    return f"smoke {where}: {verdict}{p50}"
 
 
 def _print_failures(report: SmokeReport) -> None:
@@ -102,11 +106,13 @@ def _print_up(report: UpReport) -> None:
 
 
 def _smoke_failed(reports: list[SmokeReport]) -> SmokeFailed:
-    failures = [(r, c) for r in reports for c in r.failures]
-    report, case = failures[0]
-    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    failing = [r for r in reports if not r.passed]
+    report = failing[0]
+    case = report.failures[0]
+    count = f"{len(report.failures)} of {len(report.cases)} case(s) failed"
+    others = f" (and {len(failing) - 1} more model(s))" if len(failing) > 1 else ""
     return SmokeFailed(
-        f"smoke failed: {report.model} {report.selector}: case {case.name}: {case.reason}{more}",
+        f"smoke failed: {report.model} {report.selector}: {count}; {case.name}: {case.reason}{others}",
         hint="the served model answers the manifest's smoke cases wrongly; see `deployer smoke --json`",
     )
 

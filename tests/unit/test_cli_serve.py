@@ -85,7 +85,8 @@ def test_up_summary_for_people(manifest: str, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(orchestrate, "up", lambda m, **kw: up_report())
     result = run("up", "-f", manifest)
     assert result.exit_code == 0, result.output
-    for text in ("local", "127.0.0.1:5000", "AVAILABLE", "stable", "1/1", "timings:", "healthy 0.50s"):
+    expected = ("local", "127.0.0.1:5000", "AVAILABLE", "stable", "passed: 1 of 1 case(s)", "timings:", "healthy 0.50s")
+    for text in expected:
         assert text in result.stdout
 
 
@@ -94,7 +95,8 @@ def test_up_smoke_failure_exits_5_after_the_summary(manifest: str, monkeypatch: 
     result = run("up", "-f", manifest, "--json")
     assert result.exit_code == 5
     assert json.loads(result.stdout)["smoke"]["passed"] is False
-    assert "smoke failed: iris label stable: case setosa: expected class '0', got '2'" in result.stderr
+    failed = "smoke failed: iris label stable: 1 of 1 case(s) failed; setosa: expected class '0', got '2'"
+    assert failed in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -163,8 +165,8 @@ def test_smoke_mismatch_exits_5(manifest: str, monkeypatch: pytest.MonkeyPatch, 
     junit = tmp_path / "smoke.xml"
     result = run("smoke", "-f", manifest, "--version", "1", "--junit", str(junit))
     assert result.exit_code == 5
-    assert "smoke iris (version 1, grpc): 1/2" in result.stdout
-    assert "deployer: error: smoke failed: iris version 1: case setosa" in result.stderr
+    assert "smoke iris (version 1, grpc): FAILED: 1 of 2 case(s) failed, 1 passed" in result.stdout
+    assert "deployer: error: smoke failed: iris version 1: 1 of 2 case(s) failed; setosa: " in result.stderr
     assert ET.parse(junit).getroot().get("failures") == "1"
 
 

@@ -71,7 +71,7 @@ def test_history_wide_shows_every_column(manifest_with_history: str) -> None:
     lines = data_lines(result)
     assert len(lines) == 5
     assert "a-rather-long-user-name" in lines[2] and "12.3" in lines[2] and REASON in lines[3]
-    assert "failed ['setosa-seed']" in lines[3]
+    assert "1 of 8 failed (setosa-seed)" in lines[3] and "passed (8 cases)" in lines[2]
     assert run("history", "-f", manifest_with_history, "-o", "json").stdout.lstrip().startswith("{")
 
 

@@ -167,6 +167,6 @@ def test_history_table_shows_each_promotion(tmp_path: Path) -> None:
     assert empty.exit_code == 0 and "no promotions recorded for demo" in empty.output
 
     Ledger(tmp_path / "state" / "ledger.jsonl").append(_entry(2))
-    shown = runner.invoke(main, ["history", "-f", str(manifest)], env={"COLUMNS": "300"})
+    shown = runner.invoke(main, ["history", "-f", str(manifest), "-o", "wide"], env={"COLUMNS": "300"})
     assert shown.exit_code == 0, shown.output
     assert "1 → 2" in shown.output and "alice" in shown.output and "passed" in shown.output

@@ -285,7 +285,9 @@ def test_a_promotion_loads_checks_switches_and_keeps_the_previous_version(setup:
     assert report.class_changes == 0
     assert report.largest_score_delta is not None and 0 < report.largest_score_delta < 0.2
     assert {"validate", "lock_wait", "load", "smoke", "switch", "unload", "total", "to_switch"} <= set(report.durations)
-    assert any("phase 2/3" in line for line in setup.progress)
+    assert [line.split(":")[0] for line in setup.progress if line.startswith("step ")] == [
+        "step 1/5", "step 2/5", "step 3/5", "step 4/5", "step 5/5"
+    ]
 
     (entry,) = setup.ledger.entries()
     assert (entry.kind, entry.from_version, entry.to_version, entry.result) == ("promote", 1, 2, "ok")
@@ -386,7 +388,7 @@ def test_a_candidate_that_fails_smoke_is_rolled_back(setup: Setup) -> None:
     with pytest.raises(PromotionFailed) as info:
         setup.promote(3)
     assert info.value.exit_code == 6
-    assert "failed 2 of 3 smoke case(s)" in info.value.message
+    assert "2 of 3 smoke case(s) failed (1 passed)" in info.value.message
     assert "row0" in info.value.message
     _assert_restored(setup, before)
     report = info.value.report
@@ -558,9 +560,12 @@ def test_a_second_promotion_waits_says_so_and_then_runs(setup: Setup) -> None:
         worker = threading.Thread(target=lambda: results.append(setup.promote(2)))
         worker.start()
         deadline = time.monotonic() + 10
-        while not setup.progress and time.monotonic() < deadline:
+        while len(setup.progress) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert setup.progress[:1] == [f"waiting for another promotion of demo (pid {os.getpid()})…"]
+        assert setup.progress[:2] == [
+            "step 1/5: checking version 2 of iris on disk",
+            f"waiting for another promotion of demo (pid {os.getpid()})…",
+        ]
         assert setup.server.reloads == []  # still waiting: nothing touched
         release.set()
         worker.join(30)

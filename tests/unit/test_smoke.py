@@ -92,7 +92,7 @@ def test_wrong_answers_fail_without_raising() -> None:
 def test_low_score_fails() -> None:
     report = run_smoke(FakeClient(score=0.5), spec(min_score=0.8))  # type: ignore[arg-type]
     assert [c.passed for c in report.cases] == [False, False, False, True]
-    assert "below min_score 0.800" in report.cases[0].reason
+    assert "scored 0.500, below min_score 0.8" in report.cases[0].reason
 
 
 def test_an_rpc_error_fails_only_its_case() -> None:
@@ -205,3 +205,12 @@ def test_the_smoke_path_does_not_import_tensorflow() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "clean"
+
+
+def test_a_score_just_below_min_score_shows_the_digits_that_differ() -> None:
+    from deployer.smoke import CaseResult, distinct
+
+    case = CaseResult("c", "0", "0", 0.49996, 0.5, False, 0.001, 1)
+    assert case.reason == "class '0' scored 0.49996, below min_score 0.5"
+    assert distinct(0.912, 0.5) == "0.912"
+    assert distinct(0.4, 0.4) == "0.40000000"

@@ -38,6 +38,17 @@ class Column:
     align_right: bool = False
 
 
+def prog() -> str:
+    """How to invoke deployer in printed next steps: as the user did (bin/deployer sets
+    $DEPLOYER_PROG), else ``deployer`` when it is on PATH, else the path that ran this process."""
+    given = os.environ.get("DEPLOYER_PROG")
+    if given:
+        return given
+    if shutil.which("deployer") is not None or not sys.argv or not sys.argv[0].endswith("deployer"):
+        return "deployer"
+    return os.path.relpath(sys.argv[0]) if not sys.argv[0].startswith("..") else sys.argv[0]
+
+
 def output_width() -> int | None:
     """The width tables must fit: $COLUMNS when set, the terminal's width on a terminal, else None
     (a pipe or CI log: lines may be as long as they need, nothing is wrapped or cut)."""

@@ -81,7 +81,45 @@ def _print_failures(report: SmokeReport) -> None:
         console.out.print(f"  [red]✗[/] {escape(case.name)}: {escape(case.reason)}", highlight=False)
 
 
-def _print_up(report: UpReport) -> None:
+def _unserved(report: UpReport) -> list[tuple[str, int, dict[str, int]]]:
+    """Exports of this run that the server does not serve (``--retrain`` on a deployed config)."""
+    served = {m.name: m for m in report.models}
+    missing = []
+    for exported in report.exported:
+        view = served.get(exported.model)
+        if view is not None and exported.version not in {s.version for s in view.versions}:
+            missing.append((exported.model, exported.version, view.labels))
+    return missing
+
+
+def next_steps(report: UpReport, manifest: Manifest, manifest_arg: str) -> list[str]:
+    """Commands worth running after this `up`, ready to paste: promote what was exported but not
+    served, a curl through REST, smoke, promote, down."""
+    import json
+    import shlex
+
+    from deployer import console
+
+    cli = console.prog()
+    f = f"-f {shlex.quote(manifest_arg)}"
+    steps = [f"{cli} promote {version} {f}" + ("" if len(manifest.models) == 1 else f" --model {model}")
+             for model, version, _ in _unserved(report)]  # fmt: skip
+    rest = report.handle.rest_url
+    for spec in manifest.models[:2]:
+        if rest is None:
+            break
+        features = dict(spec.smoke[0].features) if spec.smoke else dict.fromkeys(spec.feature_names, 0.0)
+        body = json.dumps({"signature_name": spec.signature_name, "examples": [features]})
+        url = f"{rest}/v1/models/{spec.name}/labels/{spec.primary_label}:classify"
+        steps.append(f"curl -s -X POST {url} -d {shlex.quote(body)}")
+    steps.append(f"{cli} smoke {f}")
+    if not _unserved(report):
+        steps.append(f"{cli} train {f}   # then: {cli} promote VERSION {f}")
+    steps += [f"{cli} status {f}", f"{cli} down {f}"]
+    return steps
+
+
+def _print_up(report: UpReport, steps: list[str]) -> None:
     from deployer import console
 
     out = console.out
@@ -103,6 +141,15 @@ def _print_up(report: UpReport) -> None:
         "timings: " + "  ".join(f"{p} {report.timings[p]:.2f}s" for p in phases if p in report.timings),
         highlight=False,
     )
+    for model, version, labels in _unserved(report):
+        where = ", ".join(f"{label} → {v}" for label, v in sorted(labels.items())) or "no label"
+        _plain(
+            f"note: {model} version {version} is exported but not served: the deployed config keeps {where}; "
+            "`promote` loads it beside the current version, checks it and moves the label"
+        )
+    _plain("next:")
+    for step in steps:
+        _plain(f"  {step}")
 
 
 def _smoke_failed(reports: list[SmokeReport]) -> SmokeFailed:
@@ -139,10 +186,11 @@ def up(manifest_path: str, runtime: str | None, image: str | None, retrain: bool
         console.info(escape(line))
 
     report = orchestrate.up(manifest, runtime_choice=runtime, image=image, retrain=retrain, progress=progress)
+    steps = next_steps(report, manifest, manifest_path)
     if as_json:
-        console.emit_json(report.to_json())
+        console.emit_json({**report.to_json(), "next": steps})
     else:
-        _print_up(report)
+        _print_up(report, steps)
     if not report.smoke_passed:
         raise _smoke_failed(report.smoke)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,9 @@ def test_up_json_shape(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
     doc = json.loads(result.stdout)
     assert set(doc) == {
         "project", "runtime", "runtime_reason", "action", "action_reason", "server", "models", "exported", "smoke",
-        "health", "timings_s",
+        "health", "timings_s", "next",
     }  # fmt: skip
+    assert doc["next"][-1] == f"deployer down -f {manifest}"
     assert doc["server"]["grpc"] == "127.0.0.1:5000" and doc["server"]["rest"] == "http://127.0.0.1:5001"
     assert doc["models"][0]["versions"][0] == {"version": 1, "state": "AVAILABLE", "error_code": "OK", "error": None}
     assert doc["models"][0]["labels"] == {"stable": 1}
@@ -88,6 +90,36 @@ def test_up_summary_for_people(manifest: str, monkeypatch: pytest.MonkeyPatch) -
     expected = ("local", "127.0.0.1:5000", "AVAILABLE", "stable", "passed: 1 of 1 case(s)", "timings:", "healthy 0.50s")
     for text in expected:
         assert text in result.stdout
+
+
+def test_up_summary_lists_the_next_commands(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(orchestrate, "up", lambda m, **kw: up_report())
+    monkeypatch.setenv("DEPLOYER_PROG", "bin/deployer")
+    result = run("up", "-f", manifest)
+    assert result.exit_code == 0, result.output
+    steps = result.stdout.split("next:\n", 1)[1].splitlines()
+    assert steps[0].startswith("  curl -s -X POST http://127.0.0.1:5001/v1/models/iris/labels/stable:classify -d ")
+    body = json.loads(steps[0].split(" -d ", 1)[1].strip("'"))
+    assert body["examples"][0]["SepalLength"] == 5.1 and body["signature_name"] == "serving_default"
+    assert f"  bin/deployer smoke -f {manifest}" in steps
+    assert f"  bin/deployer down -f {manifest}" in steps
+    assert any("promote" in step for step in steps)
+    assert "exported but not served" not in result.stdout
+
+
+def test_up_retrain_says_the_new_version_is_not_served_and_how_to_serve_it(
+    manifest: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    retrained = up_report()
+    new = ExportResult("iris", 2, Path("/x/exports/iris/2"), {"accuracy": 0.98}, 1.0, 0.5)
+    monkeypatch.setattr(orchestrate, "up", lambda m, **kw: replace(retrained, exported=[new]))
+    result = run("up", "-f", manifest, "--retrain")
+    assert result.exit_code == 0, result.output
+    assert "iris version 2 is exported but not served: the deployed config keeps stable → 1" in result.stdout
+    steps = result.stdout.split("next:\n", 1)[1].splitlines()
+    assert steps[0] == f"  deployer promote 2 -f {manifest}"
+    doc = json.loads(run("up", "-f", manifest, "--retrain", "--json").stdout)
+    assert doc["next"][0] == f"deployer promote 2 -f {manifest}"
 
 
 def test_up_smoke_failure_exits_5_after_the_summary(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:

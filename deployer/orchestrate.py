@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 Progress = Callable[[str], None]
 LOG_TAIL_LINES = 50
+# What is kept of a container's log when it is removed (its only copy is in the daemon).
+KEEP_LOG_LINES = 10_000
 
 
 def _quiet(_: str) -> None:
@@ -195,6 +197,20 @@ def runtime_named(name: str, manifest: Manifest, progress: Progress | None = Non
     raise DeployerError(f"the state directory names an unknown runtime {name!r}", hint="run `deployer down`")
 
 
+def retire(runtime: Runtime, handle: ServerHandle, state: StateDir, ended: str) -> None:
+    """Stop and remove a server, keeping its log and why it ended, so `deployer logs` still shows
+    what happened (a container's log goes with the container; a local server's stays in server.log)."""
+    log_text = None
+    if not isinstance(runtime, LocalRuntime):
+        with suppress(DeployerError):
+            log_text = runtime.logs(handle, KEEP_LOG_LINES)
+    try:
+        runtime.stop(handle)
+    finally:
+        with suppress(OSError, DeployerError):
+            state.record_last_server(handle, ended, log_text)
+
+
 def spec_hash(manifest: Manifest, runtime: str, image: str | None) -> str:
     """What decides whether a running server can be kept: the manifest's server shape, runtime and image."""
     doc = f"{manifest.spec_hash()}|{runtime}|{image or ''}"
@@ -337,7 +353,7 @@ def _existing(manifest: Manifest, state: StateDir, runtime: Runtime, say: Progre
             other = runtime_named(handle.runtime, manifest)
             if other.state(handle).running:
                 say(f"stopping the {handle.runtime} server {handle.name}: switching to {runtime.name}")
-            other.stop(handle)
+            retire(other, handle, state, f"replaced by a {runtime.name} server")
         except RuntimeUnavailable:
             pass  # its runtime is gone, and the server with it
         state.clear_handle()
@@ -393,7 +409,7 @@ def up(
                 action = "recreated"
                 action_reason = "the spec changed" if handle.spec_hash != wanted_hash else "the served config changed"
                 say(f"recreating the server: {action_reason}")
-                runtime.stop(handle)
+                retire(runtime, handle, state, f"recreated: {action_reason}")
                 state.clear_handle()
                 handle = None
         state.write_config_files(files)
@@ -413,7 +429,17 @@ def up(
                 container=manifest.server.container,
             )
             say(f"starting the {runtime.name} server")
-            handle = runtime.start(spec)
+            try:
+                handle = runtime.start(spec)
+            except NotHealthy as exc:
+                # It died before it had a handle (e.g. a container that exited at once): keep its log.
+                name = f"{manifest.project} server"
+                never = ServerHandle(runtime.name, "", name, "", None, wanted_hash, server_image)
+                with suppress(OSError):
+                    state.record_last_server(never, f"failed to start: {exc.message}", exc.details or "")
+                if exc.hint is None:
+                    exc.hint = f"`deployer logs -f {manifest.source or 'MANIFEST'}` shows the server log"
+                raise
             state.save_handle(handle)
             started_here = True
         timings["start"] = time.perf_counter() - t_start
@@ -437,9 +463,10 @@ def up(
         except BaseException as exc:
             client.close()
             if started_here:
-                # Never leave a half-started server behind; its log tail is already in NotHealthy.details.
+                # Never leave a half-started server behind; its log stays readable through `deployer logs`.
+                why = exc.message if isinstance(exc, DeployerError) else "interrupted"
                 with suppress(DeployerError):
-                    runtime.stop(running)
+                    retire(runtime, running, state, f"failed to become healthy: {why}")
                 state.clear_handle()
             if isinstance(exc, NotHealthy) and exc.hint is None:
                 exc.hint = f"`deployer logs -f {manifest.source or 'MANIFEST'}` shows the server log"
@@ -564,12 +591,89 @@ def connect(manifest: Manifest, *, probe_seconds: float = 3.0) -> tuple[ServerHa
     )
 
 
-def logs(manifest: Manifest, tail: int = 100) -> str:
+@dataclass(frozen=True)
+class LogsReport:
+    """A server's log: live from the running server, or what the last one left (``live`` False)."""
+
+    project: str
+    handle: ServerHandle | None
+    running: bool
+    live: bool
+    lines: list[str]
+    note: str | None = None  # where the lines come from, when it is not the running server
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "project": self.project,
+            "server": _handle_json(self.handle),
+            "running": self.running,
+            "source": "server" if self.live else "last-server",
+            "note": self.note,
+            "lines": self.lines,
+        }
+
+
+def _log_filter(raw: bool, model: str | None) -> Callable[[str], bool]:
+    import re
+
+    mentions = re.compile(rf"(?<![\w.-]){re.escape(model)}(?![\w-])") if model else None
+
+    def keep(line: str) -> bool:
+        if not raw and tf_noise.is_noise(line):
+            return False
+        return mentions is None or mentions.search(line) is not None
+
+    return keep
+
+
+def logs(manifest: Manifest, tail: int = 100, *, raw: bool = False, model: str | None = None) -> LogsReport:
+    """The last ``tail`` log lines of this manifest's server, or of the last server when none runs
+    (after a failed `up` or a `down`). TensorFlow's start-up chatter is left out unless ``raw``;
+    ``model`` keeps only lines that mention it."""
+    from deployer.runtime.local import _tail
+
     state = StateDir(manifest.state_path)
+    keep = _log_filter(raw, model)
+    # Read more than asked: filtered lines must not shorten the tail.
+    window = KEEP_LOG_LINES if model else tail + 200
     handle = _recorded(manifest, state)
-    if handle is None:
-        raise NotHealthy(f"no server is recorded for project {manifest.project}", hint=_hint_up(manifest))
-    return runtime_named(handle.runtime, manifest).logs(handle, tail)
+    if handle is not None:
+        runtime = runtime_named(handle.runtime, manifest)
+        running = runtime.state(handle).running
+        text = runtime.logs(handle, window)
+        if running or text.strip():
+            lines = [line for line in text.splitlines() if keep(line)][-tail:]
+            return LogsReport(manifest.project, handle, running, True, lines)
+    last = state.last_server()
+    if not state.log_file.is_file():
+        raise NotHealthy(
+            f"no server is recorded for project {manifest.project}, and none has left a log", hint=_hint_up(manifest)
+        )
+    lines = [line for line in _tail(state.log_file, window).splitlines() if keep(line)][-tail:]
+    if last is not None:
+        old, ended, at = last
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+        note = (
+            f"no server is running for {manifest.project}; this is the log of the last one"
+            f" ({old.runtime} {old.name}, {ended}, {when})"
+        )
+    else:
+        note = f"no server is running for {manifest.project}; this is the last server's log ({state.log_file})"
+    return LogsReport(manifest.project, last[0] if last else None, False, False, lines, note)
+
+
+def follow_logs(
+    manifest: Manifest, tail: int = 100, *, raw: bool = False, model: str | None = None
+) -> tuple[LogsReport, Iterator[str]]:
+    """Like :func:`logs`, then the new lines as they come while the server runs. When none runs, the
+    iterator yields the kept log and ends."""
+    report = logs(manifest, tail, raw=raw, model=model)
+    if not report.running or report.handle is None:
+        return report, iter(report.lines)
+    keep = _log_filter(raw, model)
+    runtime = runtime_named(report.handle.runtime, manifest)
+    stream = runtime.follow_logs(report.handle, tail if not model else KEEP_LOG_LINES)
+    return report, (line for line in stream if keep(line))
 
 
 def down(manifest: Manifest) -> DownReport:
@@ -580,12 +684,12 @@ def down(manifest: Manifest) -> DownReport:
     handle = state.load_handle()
     if handle is not None:
         runtime = runtime_named(handle.runtime, manifest)
-        runtime.stop(handle)
+        retire(runtime, handle, state, "stopped by `deployer down`")
         stopped.append(handle)
     local = _local(manifest)
     stray = local.find(manifest.project, state.root)
     if stray is not None and (handle is None or stray.ident != handle.ident):
-        local.stop(stray)
+        retire(local, stray, state, "stopped by `deployer down`")
         stopped.append(stray)
     if handle is None or handle.runtime != "docker":
         # A container whose handle file was lost still carries this project's label.
@@ -593,7 +697,7 @@ def down(manifest: Manifest) -> DownReport:
             docker = _docker(None)
             found = docker.find(manifest.project, state.root)
             if found is not None:
-                docker.stop(found)
+                retire(docker, found, state, "stopped by `deployer down`")
                 stopped.append(found)
     state.clear_handle()
     return DownReport(manifest.project, stopped)

@@ -84,6 +84,28 @@ class StateDir:
         return self.root / "server.pid"
 
     @property
+    def last_server_file(self) -> Path:
+        # The last server that stopped or failed, and why: `deployer logs` after a failed `up`.
+        return self.root / "last-server.json"
+
+    def record_last_server(self, handle: ServerHandle, ended: str, log_text: str | None = None) -> None:
+        """Remember a server that is going away; ``log_text`` (a container's log read before its removal)
+        replaces server.log, which a local server writes itself."""
+        self.ensure()
+        if log_text is not None:
+            write_atomic(self.log_file, log_text)
+        doc = {"server": handle.to_json(), "ended": ended, "at": time.time()}
+        write_atomic(self.last_server_file, json.dumps(doc, indent=2) + "\n")
+
+    def last_server(self) -> tuple[ServerHandle, str, float] | None:
+        """(handle, why it ended, when) of the last recorded server, or None."""
+        try:
+            doc = json.loads(self.last_server_file.read_text(encoding="utf-8"))
+            return ServerHandle.from_json(doc["server"]), str(doc["ended"]), float(doc["at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @property
     def lock_owner_file(self) -> Path:
         # filelock truncates the lock file on open, so the holder's identity lives beside it.
         return self.promote_lock.with_name(self.promote_lock.name + ".owner")

@@ -277,15 +277,48 @@ def status(manifest_path: str, as_json: bool) -> None:
 
 @click.command()
 @manifest_option
+@model_option
 @click.option("--tail", type=click.IntRange(min=1), default=100, show_default=True, help="Lines from the end.")
-def logs(manifest_path: str, tail: int) -> None:
-    """The model server's log (its last lines)."""
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Keep printing new lines while the server runs (Ctrl-C stops). Not -f: -f is always the manifest.",
+)
+@click.option("--raw", is_flag=True, help="Include TensorFlow's start-up chatter (CUDA, oneDNN, CPU-feature lines).")
+@json_option
+def logs(manifest_path: str, model_name: str | None, tail: int, follow: bool, raw: bool, as_json: bool) -> None:
+    """The model server's log (its last lines), also after it stopped or failed to start.
+
+    When no server runs, the log the last one left is shown (after a failed `up`, or `down`), with a
+    note on stderr saying which server it was. --model keeps the lines that mention that model.
+    """
+    import json
     import sys
 
-    from deployer import orchestrate
+    from deployer import console, orchestrate
 
-    text = orchestrate.logs(_load(manifest_path), tail)
-    sys.stdout.write(text if text.endswith("\n") or not text else text + "\n")
+    manifest = _load(manifest_path)
+    if model_name is not None:
+        manifest.model(model_name)  # an unknown name exits 2, naming the models
+    if not follow:
+        report = orchestrate.logs(manifest, tail, raw=raw, model=model_name)
+        if as_json:
+            console.emit_json(report.to_json())
+            return
+        if report.note:
+            console.err.print(f"({report.note})", markup=False, highlight=False)
+        sys.stdout.write("".join(f"{line}\n" for line in report.lines))
+        return
+    report, lines = orchestrate.follow_logs(manifest, tail, raw=raw, model=model_name)
+    if report.note and not as_json:
+        console.err.print(f"({report.note}; nothing to follow)", markup=False, highlight=False)
+    try:
+        for line in lines:
+            sys.stdout.write(json.dumps({"line": line}) + "\n" if as_json else f"{line}\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        # Ctrl-C is how one stops following, as with `tail -f` or `kubectl logs -f`: not an error.
+        return
 
 
 @click.command()

@@ -6,6 +6,7 @@ the orchestration with deployer.client, using ``state()`` to fail fast when the 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -83,6 +84,10 @@ class Runtime(Protocol):
     def state(self, handle: ServerHandle) -> ProcessState: ...
 
     def logs(self, handle: ServerHandle, tail: int = 50) -> str: ...
+
+    def follow_logs(self, handle: ServerHandle, tail: int = 50) -> Iterator[str]:
+        """The last ``tail`` lines, then each new line as the server writes it, until it stops."""
+        ...
 
     def stop(self, handle: ServerHandle) -> None: ...
 

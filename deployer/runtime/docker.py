@@ -301,6 +301,22 @@ class DockerRuntime:
                 return ""
             return self._container_logs(container, tail)
 
+    def follow_logs(self, handle: ServerHandle, tail: int = 50) -> Iterator[str]:
+        with _docker_errors(f"follow the logs of container {handle.name}"):
+            try:
+                container = self.client.containers.get(handle.ident)
+            except NotFound:
+                return
+            # The daemon ends the stream when the container stops; chunks do not respect line ends.
+            pending = b""
+            for chunk in container.logs(stdout=True, stderr=True, stream=True, follow=True, tail=tail):
+                pending += bytes(chunk)
+                *complete, pending = pending.split(b"\n")
+                for line in complete:
+                    yield line.decode("utf-8", errors="replace")
+            if pending:
+                yield pending.decode("utf-8", errors="replace")
+
     def stop(self, handle: ServerHandle) -> None:
         with _docker_errors(f"stop container {handle.name}"):
             try:

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
@@ -202,6 +202,29 @@ class LocalRuntime:
         if log_file is None or not log_file.is_file():
             return ""
         return _tail(log_file, tail)
+
+    def follow_logs(self, handle: ServerHandle, tail: int = 50, *, poll_s: float = 0.2) -> Iterator[str]:
+        log_file = self._log_file(handle)
+        if log_file is None or not log_file.is_file():
+            return
+        yield from _tail(log_file, tail).splitlines()
+        with open(log_file, "rb") as stream:
+            stream.seek(0, os.SEEK_END)
+            pending = b""
+            while True:
+                alive = self.state(handle).running
+                chunk = stream.read()
+                if chunk:
+                    pending += chunk
+                    *complete, pending = pending.split(b"\n")
+                    for line in complete:
+                        yield line.decode("utf-8", errors="replace")
+                elif not alive:
+                    if pending:
+                        yield pending.decode("utf-8", errors="replace")
+                    return
+                else:
+                    time.sleep(poll_s)
 
     def stop(self, handle: ServerHandle) -> None:
         pid = int(handle.ident)

@@ -204,7 +204,47 @@ def test_a_wrong_model_fails_up_and_smoke_with_exit_5(project_dir: tuple[Path, P
     write_model(root / "exports" / "iris", 1, kind="wrong")
     up = deployer("up", "-f", str(manifest), "--runtime", "local")
     assert up.returncode == 5, up.stderr
-    assert "smoke failed: iris label stable: case row0: expected class '0', got '2'" in up.stderr
+    assert "smoke failed: iris label stable: 2 of 3 case(s) failed; row0: expected class '0', got '2'" in up.stderr
     smoke = deployer("smoke", "-f", str(manifest), "--json")
     assert smoke.returncode == 5
     assert json.loads(smoke.stdout)["reports"][0]["failed"] == 2
+
+
+def test_logs_after_a_failed_up_show_the_log_of_the_server_that_failed(project_dir: tuple[Path, Path]) -> None:
+    root, manifest = project_dir
+    write_model(root / "exports" / "iris", 1, kind="broken")
+    m = str(manifest)
+    up = deployer("up", "-f", m, "--runtime", "local")
+    assert up.returncode == 4, up.stderr
+    assert f"hint: `deployer logs -f {manifest}` shows the server log" in up.stderr
+    logs = deployer("logs", "-f", m)
+    assert logs.returncode == 0, logs.stderr
+    assert "no server is running" in logs.stderr and "failed to become healthy" in logs.stderr
+    assert "iris" in logs.stdout and "Traceback" not in logs.stderr
+    # TensorFlow's start-up chatter is left out unless asked for.
+    assert "cudart_stub.cc" not in logs.stdout and "All log messages before absl" not in logs.stdout
+    raw = deployer("logs", "-f", m, "--raw", "--json")
+    doc = json.loads(raw.stdout)
+    assert doc["source"] == "last-server" and len(doc["lines"]) >= len(logs.stdout.splitlines())
+
+
+def test_logs_follow_streams_until_the_server_stops(project_dir: tuple[Path, Path]) -> None:
+    root, manifest = project_dir
+    write_model(root / "exports" / "iris", 1, kind="good")
+    m = str(manifest)
+    assert deployer("up", "-f", m, "--runtime", "local").returncode == 0
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    follower = subprocess.Popen(
+        [sys.executable, "-c", "from deployer.cli import main; main()", "logs", "-f", m, "--follow", "--tail", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT),
+    )  # fmt: skip
+    try:
+        time.sleep(3)
+        assert follower.poll() is None, "--follow ended while the server runs"
+        assert deployer("down", "-f", m).returncode == 0
+        out, err = follower.communicate(timeout=60)
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+    assert follower.returncode == 0, err
+    assert out.strip(), "nothing was printed"

@@ -237,7 +237,18 @@ def test_down_and_logs(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
                                                                      "stopped": []}  # fmt: skip
     monkeypatch.setattr(orchestrate, "down", lambda m: orchestrate.DownReport("p", [HANDLE]))
     assert "stopped local server deployer.model_server (4242)" in run("down", "-f", manifest).stdout
-    assert run("logs", "-f", manifest).exit_code == 4
-    monkeypatch.setattr(orchestrate, "logs", lambda m, tail: f"last {tail} lines")
+    nothing = run("logs", "-f", manifest)
+    assert nothing.exit_code == 4 and "none has left a log" in nothing.stderr
+
+    def fake_logs(m: Any, tail: int, *, raw: bool, model: str | None) -> orchestrate.LogsReport:
+        lines = [f"last {tail} lines", f"raw={raw} model={model}"]
+        return orchestrate.LogsReport("p", HANDLE, False, False, lines, note="the log of the last one (failed)")
+
+    monkeypatch.setattr(orchestrate, "logs", fake_logs)
     result = run("logs", "-f", manifest, "--tail", "7")
-    assert result.exit_code == 0 and result.stdout == "last 7 lines\n"
+    assert result.exit_code == 0 and result.stdout == "last 7 lines\nraw=False model=None\n"
+    assert result.stderr == "(the log of the last one (failed))\n"
+    doc = json.loads(run("logs", "-f", manifest, "--json", "--raw", "--model", "iris").stdout)
+    assert doc["lines"] == ["last 100 lines", "raw=True model=iris"] and doc["source"] == "last-server"
+    unknown = run("logs", "-f", manifest, "--model", "nope")
+    assert unknown.exit_code == 2 and "no model named 'nope'" in unknown.stderr

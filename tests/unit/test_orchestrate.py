@@ -297,7 +297,7 @@ def test_status_connect_down(env: Env) -> None:
     assert [s.state for s in status.models[0].versions] == ["AVAILABLE"]
     handle, client = orchestrate.connect(env.manifest)
     assert handle == up.handle and client.target == handle.grpc_target
-    assert "E boom" in orchestrate.logs(env.manifest)
+    assert "E boom" in orchestrate.logs(env.manifest).lines
 
     report = orchestrate.down(env.manifest)
     assert [h.ident for h in report.stopped] == ["1001"]
@@ -305,6 +305,42 @@ def test_status_connect_down(env: Env) -> None:
     # Idempotent, and the exported models and served config stay.
     assert orchestrate.down(env.manifest).stopped == []
     assert (env.base / "1").is_dir() and env.state.read_models_config()
+
+
+def test_logs_after_a_failed_up_show_the_log_the_server_left(env: Env) -> None:
+    env.world.exit_after_start = True
+    with pytest.raises(NotHealthy) as info:
+        orchestrate.up(env.manifest)
+    assert info.value.hint is not None and "deployer logs" in info.value.hint
+    # The server is gone (its container, say, removed), yet its log was kept before the removal.
+    env.runtime.running.clear()
+    report = orchestrate.logs(env.manifest)
+    assert report.lines == ["fake server log", "E boom"] and not report.live and not report.running
+    assert report.note is not None and "failed to become healthy: the server exited (exit code 3" in report.note
+    assert report.to_json()["source"] == "last-server"
+    # Following a server that is not running shows the kept log and ends.
+    follow_report, lines = orchestrate.follow_logs(env.manifest)
+    assert list(lines) == ["fake server log", "E boom"] and follow_report.note == report.note
+
+
+def test_logs_after_down_and_without_any_server(env: Env) -> None:
+    with pytest.raises(NotHealthy, match="none has left a log"):
+        orchestrate.logs(env.manifest)
+    orchestrate.up(env.manifest)
+    orchestrate.down(env.manifest)
+    report = orchestrate.logs(env.manifest, tail=1)
+    assert report.lines == ["E boom"] and report.note is not None and "stopped by `deployer down`" in report.note
+
+
+def test_logs_filter_tensorflow_chatter_and_by_model(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    chatter = "I0000 00:00:1796100376.919593   21602 cudart_stub.cc:31] Could not find cuda drivers on your machine."
+    text = f"{chatter}\nloading iris version 1\nloading iris2 version 1\nready\n"
+    monkeypatch.setattr(FakeRuntime, "logs", lambda self, handle, tail=50: text)
+    orchestrate.up(env.manifest)
+    assert orchestrate.logs(env.manifest).lines == ["loading iris version 1", "loading iris2 version 1", "ready"]
+    assert orchestrate.logs(env.manifest, raw=True).lines[0] == chatter
+    assert orchestrate.logs(env.manifest, model="iris").lines == ["loading iris version 1"]
+    assert orchestrate.logs(env.manifest, tail=2).lines == ["loading iris2 version 1", "ready"]
 
 
 def test_connect_when_the_server_exited(env: Env) -> None:

@@ -188,6 +188,46 @@ def choose_runtime(
     return runtime, f"auto: a Docker engine answers and image {wanted_image} is present"
 
 
+def _image_present(runtime: Runtime, image: str) -> bool:
+    labels = getattr(runtime, "image_labels", None)
+    return labels is None or labels(image) is not None
+
+
+def keep_or_choose_runtime(
+    manifest: Manifest,
+    state: StateDir,
+    choice: str | None = None,
+    *,
+    image: str | None = None,
+    progress: Progress | None = None,
+) -> tuple[Runtime, str, str | None]:
+    """(runtime, why, image to use or None for the manifest's). ``auto`` keeps what runs, then what
+    the last `up` used (as compose keeps a project's containers), and decides afresh only when
+    neither is usable; an explicit --runtime or server.runtime always wins."""
+    if (choice or manifest.server.runtime) != "auto":
+        runtime, why = choose_runtime(manifest, choice, image=image, progress=progress)
+        return runtime, why, image
+    handle = state.load_handle()
+    if handle is not None:
+        with suppress(RuntimeUnavailable):
+            runtime = runtime_named(handle.runtime, manifest, progress)
+            if runtime.state(handle).running:
+                kept = image or handle.image
+                on = f" (image {handle.image})" if handle.image else ""
+                return runtime, f"auto: keeping the running {handle.runtime} server {handle.name}{on}", kept
+    record = state.load_deployment()
+    if record is not None and record.get("runtime") in ("docker", "local"):
+        last_image = image or record.get("image")
+        with suppress(RuntimeUnavailable):
+            runtime = runtime_named(str(record["runtime"]), manifest, progress)
+            # Never pull here: a remembered image that is gone is a fresh decision, said so below.
+            if runtime.name == "local" or (last_image and _image_present(runtime, str(last_image))):
+                on = f" with image {last_image}" if runtime.name == "docker" else ""
+                return runtime, f"auto: the last `up` ran on {runtime.name}{on}", last_image
+    runtime, why = choose_runtime(manifest, choice, image=image, progress=progress)
+    return runtime, why, image
+
+
 def runtime_named(name: str, manifest: Manifest, progress: Progress | None = None) -> Runtime:
     """The runtime that started a recorded handle."""
     if name == "local":
@@ -215,6 +255,62 @@ def spec_hash(manifest: Manifest, runtime: str, image: str | None) -> str:
     """What decides whether a running server can be kept: the manifest's server shape, runtime and image."""
     doc = f"{manifest.spec_hash()}|{runtime}|{image or ''}"
     return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+def spec_parts(manifest: Manifest, runtime: str, image: str | None) -> dict[str, Any]:
+    """What spec_hash digests, readable: compared field by field to say what changed on a recreate."""
+    server = manifest.server.model_dump(mode="json")
+    server.pop("runtime", None)  # the runtime actually used is recorded instead of the manifest's wish
+    server.pop("image", None)
+    return {
+        "runtime": runtime,
+        "image": image,
+        "server": server,
+        "models": {m.name: str(manifest.base_path(m)) for m in manifest.models},
+    }
+
+
+def _flatten(doc: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(doc, dict):
+        flat: dict[str, Any] = {}
+        for key, value in doc.items():
+            flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+        return flat
+    return {prefix: doc}
+
+
+def describe_changes(before: dict[str, Any], after: dict[str, Any], *, limit: int = 4) -> str:
+    """``"server.grpc_port: 8500 → 0; image: a → b"``: what differs between two spec_parts."""
+    old, new = _flatten(before), _flatten(after)
+    changes = [
+        f"{key}: {old.get(key, '-')} → {new.get(key, '-')}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+    more = f" (and {len(changes) - limit} more)" if len(changes) > limit else ""
+    return "; ".join(changes[:limit]) + more
+
+
+def _served_changes(old_text: str | None, files: dict[str, str], state: StateDir) -> str:
+    """What differs between the served config on disk and the one to serve, per model and file."""
+    old = {m.name: m for m in parse_models_config(old_text)} if old_text else {}
+    new = {m.name: m for m in parse_models_config(files.get(MODELS_CONFIG, ""))}
+    parts = []
+    for name in sorted(set(old) | set(new)):
+        a, b = old.get(name), new.get(name)
+        if a is None or b is None:
+            parts.append(f"model {name} {'added' if a is None else 'removed'}")
+            continue
+        if a.versions != b.versions:
+            parts.append(f"{name} versions {list(a.versions)} → {list(b.versions)}")
+        if a.labels != b.labels:
+            parts.append(f"{name} labels {dict(sorted(a.labels.items()))} → {dict(sorted(b.labels.items()))}")
+        if a.base_path != b.base_path:
+            parts.append(f"{name} base path {a.base_path} → {b.base_path}")
+    for file_name, text in sorted(files.items()):
+        if file_name != MODELS_CONFIG and not _config_files_current(state, {file_name: text}):
+            parts.append(f"{file_name} changed")
+    return "; ".join(parts) or "the served config files changed"
 
 
 # ---- desired state ----------------------------------------------------------------------------
@@ -344,14 +440,18 @@ def missing_version_hint(model: ModelSpec) -> str:
     )
 
 
-def _existing(manifest: Manifest, state: StateDir, runtime: Runtime, say: Progress) -> ServerHandle | None:
-    """The running server of this manifest, if any. A server of the other runtime is stopped: both
-    would want the same ports and config."""
+def _existing(
+    manifest: Manifest, state: StateDir, runtime: Runtime, say: Progress
+) -> tuple[ServerHandle | None, str | None]:
+    """The running server of this manifest, if any, and what was replaced to get here. A server of the
+    other runtime is stopped (both would want the same ports and config) and reported, never hidden."""
     handle = state.load_handle()
+    replaced = None
     if handle is not None and handle.runtime != runtime.name:
         try:
             other = runtime_named(handle.runtime, manifest)
             if other.state(handle).running:
+                replaced = f"runtime: {handle.runtime} → {runtime.name} ({handle.runtime} server {handle.name} stopped)"
                 say(f"stopping the {handle.runtime} server {handle.name}: switching to {runtime.name}")
             retire(other, handle, state, f"replaced by a {runtime.name} server")
         except RuntimeUnavailable:
@@ -359,13 +459,13 @@ def _existing(manifest: Manifest, state: StateDir, runtime: Runtime, say: Progre
         state.clear_handle()
         handle = None
     if handle is not None and runtime.state(handle).running:
-        return handle
+        return handle, replaced
     found = runtime.find(manifest.project, state.root)
     if found is not None:
         state.save_handle(found)
     else:
         state.clear_handle()
-    return found
+    return found, replaced
 
 
 def up(
@@ -383,7 +483,7 @@ def up(
     state = StateDir(manifest.state_path)
     state.ensure()
 
-    runtime, runtime_reason = choose_runtime(manifest, runtime_choice, image=image, progress=say)
+    runtime, runtime_reason, image = keep_or_choose_runtime(manifest, state, runtime_choice, image=image, progress=say)
     timings["runtime"] = time.perf_counter() - t0
     say(f"runtime: {runtime.name} ({runtime_reason})")
 
@@ -393,21 +493,33 @@ def up(
 
     server_image = (image or manifest.server.image) if runtime.name == "docker" else None
     wanted_hash = spec_hash(manifest, runtime.name, server_image)
+    wanted_parts = spec_parts(manifest, runtime.name, server_image)
     with _state_lock(state, manifest):
         layout = _layout(manifest, runtime, state)
         served = desired_models(manifest, state, layout)
         files = render_files(manifest.server, served)
         config_current = _config_files_current(state, files)
+        old_config = state.read_models_config()
+        record = state.load_deployment()
 
         t_start = time.perf_counter()
-        handle = _existing(manifest, state, runtime, say)
+        handle, replaced = _existing(manifest, state, runtime, say)
         action, action_reason = "started", "no server was running"
+        if replaced is not None:
+            action, action_reason = "recreated", replaced
         if handle is not None:
             if handle.spec_hash == wanted_hash and config_current:
                 action, action_reason = "reused", "the spec and the served config are unchanged"
             else:
                 action = "recreated"
-                action_reason = "the spec changed" if handle.spec_hash != wanted_hash else "the served config changed"
+                if handle.spec_hash != wanted_hash:
+                    before = record.get("spec") if record and record.get("spec_hash") == handle.spec_hash else None
+                    changed = describe_changes(before, wanted_parts) if isinstance(before, dict) else ""
+                    action_reason = f"the spec changed: {changed}" if changed else (
+                        "the spec changed (the previous one was not recorded)"
+                    )
+                else:
+                    action_reason = f"the served config changed: {_served_changes(old_config, files, state)}"
                 say(f"recreating the server: {action_reason}")
                 retire(runtime, handle, state, f"recreated: {action_reason}")
                 state.clear_handle()
@@ -441,6 +553,9 @@ def up(
                     exc.hint = f"`deployer logs -f {manifest.source or 'MANIFEST'}` shows the server log"
                 raise
             state.save_handle(handle)
+            state.save_deployment(
+                {"runtime": runtime.name, "image": server_image, "spec_hash": wanted_hash, "spec": wanted_parts}
+            )
             started_here = True
         timings["start"] = time.perf_counter() - t_start
 

@@ -97,6 +97,21 @@ class StateDir:
         doc = {"server": handle.to_json(), "ended": ended, "at": time.time()}
         write_atomic(self.last_server_file, json.dumps(doc, indent=2) + "\n")
 
+    @property
+    def deployment_file(self) -> Path:
+        # What the last `up` started: runtime, image and the spec's parts (compose keeps the same).
+        return self.root / "deployment.json"
+
+    def save_deployment(self, record: dict[str, Any]) -> None:
+        write_atomic(self.deployment_file, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    def load_deployment(self) -> dict[str, Any] | None:
+        try:
+            data = json.loads(self.deployment_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
     def last_server(self) -> tuple[ServerHandle, str, float] | None:
         """(handle, why it ended, when) of the last recorded server, or None."""
         try:

@@ -203,7 +203,8 @@ def test_changed_spec_recreates_the_server(env: Env, tmp_path: Path) -> None:
         update={"server": env.manifest.server.model_copy(update={"file_system_poll_wait_seconds": 5})}
     )
     second = orchestrate.up(changed)
-    assert second.action == "recreated" and second.action_reason == "the spec changed"
+    assert second.action == "recreated"
+    assert second.action_reason == "the spec changed: server.file_system_poll_wait_seconds: 1 → 5"
     assert env.runtime.stopped == [first.handle.ident]
     assert "--file_system_poll_wait_seconds=5" in env.runtime.started[-1].args
 
@@ -499,3 +500,109 @@ def test_local_runtime_reports_a_crash_with_its_exit_code(tmp_path: Path) -> Non
         time.sleep(0.05)
     assert runtime.state(handle) == ProcessState(False, 3, "exited")
     assert "boom" in runtime.logs(handle)
+
+
+class FakeDockerWithImages(FakeRuntime):
+    """A docker runtime whose daemon holds ``images`` and records every pull attempt."""
+
+    name: ClassVar[str] = "docker"
+
+    def __init__(self, world: World, state: StateDir, images: set[str]) -> None:
+        super().__init__(world, state)
+        self.images = images
+        self.pulls: list[str] = []
+
+    def start(self, spec: LaunchSpec) -> ServerHandle:
+        handle = super().start(spec)
+        docker_handle = replace(handle, runtime="docker", ident=f"c{handle.ident}", image=spec.image)
+        self.running = {docker_handle.ident: docker_handle}
+        return docker_handle
+
+    def image_labels(self, image: str) -> dict[str, str] | None:
+        return {} if image in self.images else None
+
+    def ensure_image(self, image: str) -> None:
+        self.pulls.append(image)
+        if image not in self.images:
+            raise RuntimeUnavailable(f"pull access denied for {image}")
+
+
+def auto(manifest: Manifest) -> Manifest:
+    return manifest.model_copy(update={"server": manifest.server.model_copy(update={"runtime": "auto"})})
+
+
+@pytest.fixture()
+def docker(env: Env, monkeypatch: pytest.MonkeyPatch) -> FakeDockerWithImages:
+    fake = FakeDockerWithImages(env.world, env.state, {"local/compat:1"})
+    monkeypatch.setattr(orchestrate, "_docker", lambda progress: fake)
+    FakeClient.runtime = fake
+    return fake
+
+
+def test_auto_keeps_the_running_docker_server_without_a_pull(env: Env, docker: FakeDockerWithImages) -> None:
+    manifest = auto(env.manifest)
+    first = orchestrate.up(manifest, runtime_choice="docker", image="local/compat:1")
+    assert first.runtime == "docker" and first.handle.image == "local/compat:1"
+    docker.pulls.clear()
+    progress: list[str] = []
+    second = orchestrate.up(manifest, progress=progress.append)
+    # Before: auto tried to pull the manifest's tensorflow/serving image, fell back to local, replaced
+    # the container with a process and said "no server was running".
+    assert docker.pulls == []
+    assert second.runtime == "docker" and second.action == "reused", second.action_reason
+    assert second.handle.ident == first.handle.ident
+    assert second.runtime_reason == "auto: keeping the running docker server fake (image local/compat:1)"
+    assert env.runtime.started == []  # no local server
+
+
+def test_auto_remembers_the_last_runtime_and_image_after_down(env: Env, docker: FakeDockerWithImages) -> None:
+    manifest = auto(env.manifest)
+    orchestrate.up(manifest, runtime_choice="docker", image="local/compat:1")
+    orchestrate.down(manifest)
+    docker.pulls.clear()
+    again = orchestrate.up(manifest)
+    assert again.runtime == "docker" and again.action == "started"
+    assert again.runtime_reason == "auto: the last `up` ran on docker with image local/compat:1"
+    assert again.handle.image == "local/compat:1" and docker.pulls == []
+    # A remembered image that is gone is a fresh decision (here: the manifest's image cannot be pulled).
+    orchestrate.down(manifest)
+    docker.images.clear()
+    fresh = orchestrate.up(manifest)
+    assert fresh.runtime == "local" and "Docker answers but pull access denied" in fresh.runtime_reason
+
+
+def test_switching_runtimes_says_what_was_replaced(env: Env, docker: FakeDockerWithImages) -> None:
+    manifest = auto(env.manifest)
+    first = orchestrate.up(manifest, runtime_choice="docker", image="local/compat:1")
+    switched = orchestrate.up(manifest, runtime_choice="local")
+    assert switched.action == "recreated"
+    assert switched.action_reason == "runtime: docker → local (docker server fake stopped)"
+    assert docker.stopped == [first.handle.ident]
+
+
+def test_a_recreate_names_what_changed(env: Env, docker: FakeDockerWithImages) -> None:
+    manifest = auto(env.manifest)
+    docker.images.add("local/compat:2")
+    orchestrate.up(manifest, runtime_choice="docker", image="local/compat:1")
+    batching = manifest.server.batching.model_copy(update={"enabled": True})
+    changed = manifest.model_copy(update={"server": manifest.server.model_copy(update={"batching": batching})})
+    other = orchestrate.up(changed, image="local/compat:2")
+    assert other.action == "recreated"
+    assert other.action_reason == (
+        "the spec changed: image: local/compat:1 → local/compat:2; server.batching.enabled: False → True"
+    )
+
+
+def test_a_changed_served_config_is_named(env: Env) -> None:
+    for v in (1, 2):
+        (env.base / str(v)).mkdir(parents=True)
+    env.state.write_config_files(
+        {"models.config": render_models_config([ServedModel("iris", "/seen/iris", (1, 2), {"stable": 2})])}
+    )
+    orchestrate.up(env.manifest)
+    (env.base / "2").rmdir()
+    report = orchestrate.up(env.manifest)
+    assert report.action == "recreated"
+    assert report.action_reason == (
+        "the served config changed: iris versions [1, 2] → [1]; iris labels {'stable': 2} → {'stable': 1}"
+    )

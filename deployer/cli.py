@@ -11,26 +11,39 @@ from deployer import __version__
 from deployer.errors import DeployerError, UsageError
 
 
+class _Interrupted(Exception):
+    """Ctrl-C, carried past click (whose own handler prints a stray blank line and "Aborted!")."""
+
+
+INTERRUPTED_EXIT_CODE = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
+
+
 class _Group(click.Group):
     """Routes every failure through one boundary: a one-line message and the failure class's exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise _Interrupted() from None
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
             result = super().main(*args, **kwargs)
+        except (_Interrupted, KeyboardInterrupt):
+            click.echo("deployer: interrupted", err=True)
+            sys.exit(INTERRUPTED_EXIT_CODE)
         except DeployerError as exc:
             _report(exc)
             sys.exit(exc.exit_code)
         except click.exceptions.Abort:
             click.echo("deployer: aborted", err=True)
-            sys.exit(130)
+            sys.exit(INTERRUPTED_EXIT_CODE)
         except click.ClickException as exc:
             # Usage errors from click itself (unknown option, missing argument) share exit code 2.
             exc.show()
             sys.exit(UsageError.exit_code)
-        except KeyboardInterrupt:
-            click.echo("deployer: interrupted", err=True)
-            sys.exit(130)
         except Exception as exc:  # the one boundary for the unexpected: no traceback unless asked for
             click.echo(f"deployer: unexpected error: {type(exc).__name__}: {exc}", err=True)
             click.echo("  (set DEPLOYER_DEBUG=1 for a traceback)", err=True)

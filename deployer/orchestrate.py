@@ -579,7 +579,7 @@ def up(
             client.close()
             if started_here:
                 # Never leave a half-started server behind; its log stays readable through `deployer logs`.
-                why = exc.message if isinstance(exc, DeployerError) else "interrupted"
+                why = exc.message if isinstance(exc, DeployerError) else "interrupted while starting"
                 with suppress(DeployerError):
                     retire(runtime, running, state, f"failed to become healthy: {why}")
                 state.clear_handle()

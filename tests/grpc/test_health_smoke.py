@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -248,3 +249,39 @@ def test_logs_follow_streams_until_the_server_stops(project_dir: tuple[Path, Pat
             follower.kill()
     assert follower.returncode == 0, err
     assert out.strip(), "nothing was printed"
+
+
+@pytest.mark.parametrize("when", ["importing", "starting the local server", "waiting for"])
+def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_server(project_dir: tuple[Path, Path], when: str) -> None:
+    """Whatever `up` is doing (importing its modules, starting the server, waiting for health), Ctrl-C
+    ends it with one line and exit 130, and the server it started is stopped."""
+    root, manifest = project_dir
+    write_model(root / "exports" / "iris", 1, kind="good")
+    script = Path(sys.executable).parent / "deployer"  # the console script users run
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+
+    def default_sigint() -> None:
+        # A test runner may start children with SIGINT ignored; Python only turns SIGINT into
+        # KeyboardInterrupt when it is not ignored.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    up = subprocess.Popen(
+        [str(script), "up", "-f", str(manifest), "--runtime", "local"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env=env, cwd=str(ROOT), preexec_fn=default_sigint,
+    )  # fmt: skip
+    assert up.stderr is not None
+    seen = []
+    if when == "importing":
+        time.sleep(0.3)  # after the interpreter started, before the CLI's imports are done
+    else:
+        for line in up.stderr:
+            seen.append(line)
+            if line.startswith(when):
+                break
+    up.send_signal(signal.SIGINT)
+    _out, rest = up.communicate(timeout=120)
+    err = "".join(seen) + rest
+    assert up.returncode == 130, err
+    assert "Traceback" not in err and err.rstrip().endswith("deployer: interrupted"), err
+    status = deployer("status", "-f", str(manifest), "--json")
+    assert json.loads(status.stdout)["running"] is False

@@ -65,7 +65,23 @@ def _report(exc: DeployerError) -> None:
         click.echo(f"  hint: {exc.hint}", err=True)
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+_EPILOG = """\b
+Examples:
+  deployer up -f manifests/iris.yaml        # train if needed, serve, wait healthy, smoke
+  deployer smoke --junit build/smoke.xml    # -f may be left out: $DEPLOYER_MANIFEST,
+  deployer promote 1764300000               #   ./deployer.yaml or the only manifests/*.yaml
+  deployer logs --follow                    # -f is always the manifest; --follow follows
+  deployer down
+
+\b
+Exit codes: 0 ok, 1 unexpected, 2 usage/manifest, 3 runtime unavailable, 4 not healthy,
+5 smoke failed, 6 promote failed, 130 interrupted.
+Shell completion (bash; zsh: zsh_source, fish: fish_source):
+  eval "$(_DEPLOYER_COMPLETE=bash_source deployer)"
+"""
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EPILOG)
 @click.version_option(__version__, prog_name="deployer")
 def main() -> None:
     """Train, export, serve, smoke-test and promote TensorFlow models on TensorFlow Serving."""

@@ -10,7 +10,7 @@ import click
 from rich.markup import escape
 
 from deployer import console, store
-from deployer.commands.options import json_option, manifest_option, model_option
+from deployer.commands.options import examples, json_option, manifest_option, model_option
 from deployer.errors import InputDataError, StoreError, UsageError
 from deployer.manifest import ModelSpec, load_manifest
 
@@ -19,7 +19,7 @@ version_option = click.option(
 )
 
 
-@click.command()
+@click.command(epilog=examples("train"))
 @manifest_option
 @model_option
 @json_option
@@ -43,7 +43,7 @@ def train(manifest_path: str, model_name: str | None, as_json: bool) -> None:
     )
 
 
-@click.command()
+@click.command(epilog=examples("versions"))
 @manifest_option
 @model_option
 @json_option
@@ -83,7 +83,7 @@ def _shape(shape: list[int] | None) -> str:
     return "unknown rank" if shape is None else "(" + ", ".join(str(d) for d in shape) + ")"
 
 
-@click.command()
+@click.command(epilog=examples("inspect"))
 @manifest_option
 @model_option
 @version_option
@@ -141,7 +141,7 @@ def _contract(path: Path, model: ModelSpec) -> tuple[str | None, str]:
     return api.name, "ok"
 
 
-@click.command("import")
+@click.command("import", epilog=examples("import"))
 @manifest_option
 @model_option
 @click.argument("path", type=click.Path(path_type=Path))
@@ -172,7 +172,7 @@ def import_(manifest_path: str, model_name: str | None, path: Path, version: int
     )
 
 
-@click.command()
+@click.command(epilog=examples("predict"))
 @manifest_option
 @model_option
 @version_option

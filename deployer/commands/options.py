@@ -2,20 +2,64 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+MANIFEST_ENV = "DEPLOYER_MANIFEST"
+DEFAULT_MANIFEST_NAMES = ("deployer.yaml", "deployer.yml")
+
+
+def find_manifest(cwd: Path | None = None) -> tuple[str, str]:
+    """The manifest to use when -f is not given, and why: $DEPLOYER_MANIFEST, else deployer.yaml in
+    the working directory, else the only manifests/*.yaml there (as kubectl and compose look for
+    their files). Several candidates or none: a usage error naming them."""
+    from deployer.errors import UsageError
+
+    env = os.environ.get(MANIFEST_ENV)
+    if env:
+        return env, f"${MANIFEST_ENV}"
+    here = cwd or Path.cwd()
+    for name in DEFAULT_MANIFEST_NAMES:
+        if (here / name).is_file():
+            return name, f"{name} in the working directory"
+    found = sorted(p for pattern in ("*.yaml", "*.yml") for p in (here / "manifests").glob(pattern) if p.is_file())
+    if len(found) == 1:
+        return str(found[0].relative_to(here)), "the only manifest in manifests/"
+    if found:
+        names = ", ".join(str(p.relative_to(here)) for p in found)
+        raise UsageError(f"no -f given and manifests/ holds several manifests: {names}", hint="choose one with -f")
+    raise UsageError(
+        "no manifest: no -f given, $DEPLOYER_MANIFEST is unset, and the working directory has neither "
+        "deployer.yaml nor a manifests/*.yaml",
+        hint="pass -f MANIFEST (e.g. -f manifests/iris.yaml)",
+    )
+
+
+def _manifest_default(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None or ctx.resilient_parsing:  # shell completion parses without running anything
+        return value
+    path, why = find_manifest()
+    from deployer import console
+
+    console.err.print(f"using manifest {path} ({why})", markup=False, highlight=False)
+    return path
+
+
 manifest_option = click.option(
     "-f",
     "--file",
     "manifest_path",
-    required=True,
+    default=None,
+    callback=_manifest_default,
     type=click.Path(dir_okay=False, path_type=str),
-    help="The manifest (YAML), e.g. manifests/iris.yaml.",
+    help=f"The manifest (YAML). -f always means the manifest, in every command. Default: ${MANIFEST_ENV}, "
+    "else ./deployer.yaml, else the only manifests/*.yaml.",
 )
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document on stdout.")
 model_option = click.option("--model", "model_name", default=None, help="Model name (when the manifest has several).")
@@ -29,3 +73,52 @@ output_option = click.option(
     show_default=True,
     help="table: the essential columns, fitted to the width; wide: every column; json: like --json.",
 )
+
+# `deployer CMD --help` ends with these: the commands people copy first, -f always the manifest.
+EXAMPLES: dict[str, list[str]] = {
+    "train": ["deployer train -f manifests/iris.yaml", "deployer train --json   # manifest found in ./"],
+    "import": [
+        "deployer import -f manifests/zoo.yaml --model half_plus_two path/to/saved_model",
+        "deployer import ./exported_model --version 7 --json",
+    ],
+    "versions": ["deployer versions -f manifests/iris.yaml", "deployer versions --model iris --json"],
+    "inspect": ["deployer inspect -f manifests/iris.yaml", "deployer inspect --version 1764300000 --json"],
+    "predict": [
+        "deployer predict -f manifests/iris.yaml --local --example SepalLength=5.1 --example SepalWidth=3.3 \\",
+        "    --example PetalLength=1.7 --example PetalWidth=0.5",
+        "deployer predict --local --input rows.csv --json",
+    ],
+    "up": [
+        "deployer up -f manifests/iris.yaml",
+        "deployer up --runtime docker --image deployer/model-server-compat:0.1.0",
+        "deployer up --retrain   # exports a new version; serve it with `deployer promote`",
+        "deployer up --json | tee up.json   # CI: progress on stderr, the report on stdout",
+    ],
+    "smoke": [
+        "deployer smoke -f manifests/iris.yaml",
+        "deployer smoke --junit build/smoke.xml --json",
+        "deployer smoke --version 1764300000 --rest",
+    ],
+    "status": ["deployer status -f manifests/iris.yaml", "deployer status --json || echo 'server is down'"],
+    "logs": [
+        "deployer logs -f manifests/iris.yaml --tail 200",
+        "deployer logs --follow   # -f is the manifest; Ctrl-C stops following",
+        "deployer logs --raw --json",
+    ],
+    "down": ["deployer down -f manifests/iris.yaml"],
+    "promote": [
+        "deployer promote 1764300000 -f manifests/iris.yaml",
+        "deployer promote 1764300000 --label canary --max-score-delta 0.1 --json",
+    ],
+    "rollback": ["deployer rollback -f manifests/iris.yaml", "deployer rollback --to 1764300000"],
+    "history": [
+        "deployer history -f manifests/iris.yaml",
+        "deployer history -o wide --limit 20",
+        "deployer history -o json",
+    ],
+}
+
+
+def examples(command: str) -> str:
+    """The epilog of a command's --help ("\\b" keeps click from re-wrapping the lines)."""
+    return "\b\nExamples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[command])

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from deployer import console
-from deployer.commands.options import json_option, manifest_option, model_option, output_option
+from deployer.commands.options import examples, json_option, manifest_option, model_option, output_option
 from deployer.console import Column
 from deployer.ledger import Ledger
 from deployer.manifest import load_manifest
@@ -88,7 +88,7 @@ def _run(as_json: bool, action: Callable[[Callable[[str], None]], PromoteReport]
         _show(report)
 
 
-@click.command()
+@click.command(epilog=examples("promote"))
 @click.argument("version", type=click.IntRange(min=0))
 @manifest_option
 @model_option
@@ -132,7 +132,7 @@ def promote(
     )
 
 
-@click.command()
+@click.command(epilog=examples("rollback"))
 @manifest_option
 @model_option
 @label_option
@@ -191,7 +191,7 @@ def _smoke_text(smoke: dict[str, object]) -> str:
     return "; ".join(parts)
 
 
-@click.command()
+@click.command(epilog=examples("history"))
 @manifest_option
 @model_option
 @click.option("--label", default=None, help="Only entries for this label.")

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.markup import escape
 
-from deployer.commands.options import json_option, manifest_option, model_option
+from deployer.commands.options import examples, json_option, manifest_option, model_option
 from deployer.errors import SmokeFailed, UsageError
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ def _smoke_failed(reports: list[SmokeReport]) -> SmokeFailed:
     )
 
 
-@click.command()
+@click.command(epilog=examples("up"))
 @manifest_option
 @click.option(
     "--runtime",
@@ -195,7 +195,7 @@ def up(manifest_path: str, runtime: str | None, image: str | None, retrain: bool
         raise _smoke_failed(report.smoke)
 
 
-@click.command()
+@click.command(epilog=examples("smoke"))
 @manifest_option
 @model_option
 @click.option("--label", default=None, help="Smoke the version behind this label (default: the model's first label).")
@@ -253,29 +253,49 @@ def smoke(
         raise _smoke_failed(reports)
 
 
-@click.command()
+@click.command(epilog=examples("status"))
 @manifest_option
+@model_option
 @json_option
-def status(manifest_path: str, as_json: bool) -> None:
-    """Runtime state, endpoints, and each model's versions, states and labels."""
-    from deployer import console, orchestrate
+def status(manifest_path: str, model_name: str | None, as_json: bool) -> None:
+    """Runtime state, endpoints, and each model's versions, states and labels.
 
-    report = orchestrate.status(_load(manifest_path))
+    Exits 0 only when the server runs and answers for every model (or --model's): 4 otherwise, so
+    `deployer status` works as a CI or monitoring check.
+    """
+    from dataclasses import replace
+
+    from deployer import console, orchestrate
+    from deployer.errors import NotHealthy
+
+    manifest = _load(manifest_path)
+    report = orchestrate.status(manifest)
+    if model_name is not None:
+        manifest.model(model_name)  # an unknown name exits 2, naming the models
+        report = replace(report, models=[m for m in report.models if m.name == model_name])
     if as_json:
         console.emit_json(report.to_json())
-        return
-    if report.handle is None:
-        _plain(f"{report.project}: no server (run `deployer up`)")
-        return
-    handle = report.handle
-    process = report.process
-    state = "running" if report.running else f"not running ({process.detail if process else 'unknown'})"
-    _plain(f"{report.project}: {handle.runtime} {handle.name} ({handle.ident[:12]}) {state}")
-    _plain(f"endpoints: gRPC {handle.grpc_target}  REST {handle.rest_url or '-'}")
-    _print_models(report.models)
+    elif report.handle is not None:
+        handle = report.handle
+        process = report.process
+        state = "running" if report.running else f"not running ({process.detail if process else 'unknown'})"
+        _plain(f"{report.project}: {handle.runtime} {handle.name} ({handle.ident[:12]}) {state}")
+        _plain(f"endpoints: gRPC {handle.grpc_target}  REST {handle.rest_url or '-'}")
+        _print_models(report.models)
+    if not report.running:
+        raise NotHealthy(f"no server is running for project {report.project}", hint=f"run `{_cli()} up`")
+    unanswered = [m.name for m in report.models if m.error]
+    if unanswered:
+        raise NotHealthy(f"the server does not answer for {', '.join(unanswered)}", hint=f"see `{_cli()} logs`")
 
 
-@click.command()
+def _cli() -> str:
+    from deployer import console
+
+    return console.prog()
+
+
+@click.command(epilog=examples("logs"))
 @manifest_option
 @model_option
 @click.option("--tail", type=click.IntRange(min=1), default=100, show_default=True, help="Lines from the end.")
@@ -321,14 +341,28 @@ def logs(manifest_path: str, model_name: str | None, tail: int, follow: bool, ra
         return
 
 
-@click.command()
+@click.command(epilog=examples("down"))
 @manifest_option
+@model_option
 @json_option
-def down(manifest_path: str, as_json: bool) -> None:
-    """Stop and remove the server this manifest started (exported models and config are kept)."""
+def down(manifest_path: str, model_name: str | None, as_json: bool) -> None:
+    """Stop and remove the server this manifest started (exported models and config are kept).
+
+    One server serves all of the manifest's models, so --model only stops it when that model is the
+    only one; otherwise it exits 2 instead of stopping the others' server too.
+    """
     from deployer import console, orchestrate
 
-    report = orchestrate.down(_load(manifest_path))
+    manifest = _load(manifest_path)
+    if model_name is not None:
+        manifest.model(model_name)  # an unknown name exits 2, naming the models
+        others = [m.name for m in manifest.models if m.name != model_name]
+        if others:
+            raise UsageError(
+                f"the server also serves {', '.join(others)}: stopping it for {model_name} would stop them too",
+                hint=f"run `{_cli()} down` without --model to stop it for every model",
+            )
+    report = orchestrate.down(manifest)
     if as_json:
         console.emit_json(report.to_json())
     elif report.stopped:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from click.testing import CliRunner, Result
 
 from deployer import orchestrate
@@ -213,7 +214,9 @@ def test_smoke_flag_errors_and_nothing_running(manifest: str, monkeypatch: pytes
 
 def test_status_json_shapes(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
     result = run("status", "-f", manifest, "--json")
-    assert result.exit_code == 0
+    # A down server is a failed check (exit 4), and the JSON document still says why.
+    assert result.exit_code == 4
+    assert "deployer: error: no server is running for project" in result.stderr
     doc = json.loads(result.stdout)
     assert doc["running"] is False and doc["server"] is None and doc["models"] == []
 
@@ -227,8 +230,42 @@ def test_status_json_shapes(manifest: str, monkeypatch: pytest.MonkeyPatch) -> N
     assert doc["running"] is True and doc["runtime"] == "local"
     assert doc["server"]["grpc"] == "127.0.0.1:5000" and doc["process"]["detail"] == "running"
     assert [v["state"] for v in doc["models"][0]["versions"]] == ["AVAILABLE", "LOADING"]
-    text = run("status", "-f", manifest).stdout
-    assert "127.0.0.1:5000" in text and "LOADING" in text and "canary" in text
+    text = run("status", "-f", manifest)
+    assert text.exit_code == 0, text.output
+    assert "127.0.0.1:5000" in text.stdout and "LOADING" in text.stdout and "canary" in text.stdout
+
+
+def test_status_exit_codes_and_model_filter(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    statuses = [VersionStatus(1, "AVAILABLE", "OK", "")]
+    views = [orchestrate.ModelView("iris", "/x", statuses, {"stable": 1})]
+    running = orchestrate.StatusReport("p", "/s", True, HANDLE, ProcessState(True, None, "running"), views)
+    monkeypatch.setattr(orchestrate, "status", lambda m: running)
+    assert run("status", "-f", manifest, "--model", "iris").exit_code == 0
+    unknown = run("status", "-f", manifest, "--model", "nope")
+    assert unknown.exit_code == 2 and "no model named 'nope'" in unknown.stderr
+
+    exited = orchestrate.StatusReport("p", "/s", False, HANDLE, ProcessState(False, 1, "exited"), [])
+    monkeypatch.setattr(orchestrate, "status", lambda m: exited)
+    result = run("status", "-f", manifest)
+    assert result.exit_code == 4 and "not running (exited)" in result.stdout
+
+    silent = [orchestrate.ModelView("iris", "/x", [], {"stable": 1}, error="GetModelStatus: UNAVAILABLE")]
+    unanswered = orchestrate.StatusReport("p", "/s", True, HANDLE, ProcessState(True, None, "running"), silent)
+    monkeypatch.setattr(orchestrate, "status", lambda m: unanswered)
+    result = run("status", "-f", manifest)
+    assert result.exit_code == 4 and "does not answer for iris" in result.stderr
+
+
+def test_down_with_model(manifest: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(orchestrate, "down", lambda m: orchestrate.DownReport("p", [HANDLE]))
+    assert run("down", "-f", manifest, "--model", "iris").exit_code == 0
+    assert run("down", "-f", manifest, "--model", "nope").exit_code == 2
+    doc = yaml.safe_load(Path(manifest).read_text())
+    doc["models"].append({**doc["models"][0], "name": "other"})
+    two = tmp_path / "two.yaml"
+    two.write_text(yaml.safe_dump(doc))
+    refused = run("down", "-f", str(two), "--model", "iris")
+    assert refused.exit_code == 2 and "the server also serves other" in refused.stderr
 
 
 def test_down_and_logs(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -316,9 +316,20 @@ def _served_changes(old_text: str | None, files: dict[str, str], state: StateDir
 # ---- desired state ----------------------------------------------------------------------------
 
 
-def desired_models(manifest: Manifest, state: StateDir, layout: Layout) -> list[ServedModel]:
-    """What the server should serve. An existing models.config (earlier up/promote) wins, minus versions
-    no longer on disk; otherwise the latest version with every manifest label on it."""
+def desired_models(
+    manifest: Manifest,
+    state: StateDir,
+    layout: Layout,
+    *,
+    pin: dict[str, int] | None = None,
+    say: Progress = _quiet,
+) -> list[ServedModel]:
+    """What the server should serve. ``pin`` (``up --version``) serves exactly that version with
+    every manifest label on it. Otherwise an existing models.config (earlier up/promote) wins, minus
+    versions no longer on disk; the first time, the newest *complete* version with every label
+    (a broken newest directory is skipped, and said so)."""
+    from deployer import served as served_versions
+
     text = state.read_models_config()
     previous = {m.name: m for m in parse_models_config(text)} if text else {}
     served = []
@@ -328,10 +339,19 @@ def desired_models(manifest: Manifest, state: StateDir, layout: Layout) -> list[
         before = previous.get(model.name)
         versions = sorted(v for v in before.versions if v in on_disk) if before else []
         labels = {k: v for k, v in before.labels.items() if v in versions} if before else {}
-        if not versions:
+        if pin and model.name in pin:
+            versions, labels = [pin[model.name]], {}
+        elif not versions:
             if not on_disk:
                 raise StoreError(f"model {model.name} has no version under {base}", hint=missing_version_hint(model))
-            versions, labels = [max(on_disk)], {}
+            newest = max(on_disk)
+            for candidate in sorted(on_disk, reverse=True):
+                trouble = served_versions.problem(base / str(candidate), model)
+                if trouble is None:
+                    newest = candidate
+                    break
+                say(f"{model.name}: skipping version {candidate} ({trouble})")
+            versions, labels = [newest], {}
         for label in model.labels:
             # A manifest label whose version vanished lands on the newest served version rather than nowhere.
             labels.setdefault(label, versions[-1])
@@ -341,6 +361,22 @@ def desired_models(manifest: Manifest, state: StateDir, layout: Layout) -> list[
             )
         )
     return served
+
+
+def _pinned(manifest: Manifest, version: int | None, model_name: str | None) -> dict[str, int] | None:
+    """``up --version N [--model M]``: N checked on disk first (missing or unusable → exit 2)."""
+    from deployer import served as served_versions
+
+    if version is None:
+        return None
+    model = manifest.model(model_name)
+    path = store.version_dir(manifest.base_path(model), version)
+    trouble = served_versions.problem(path, model)
+    if trouble is not None:
+        raise UsageError(
+            f"version {version} of {model.name} cannot be served: {trouble}", hint="choose another --version"
+        )
+    return {model.name: version}
 
 
 def _layout(manifest: Manifest, runtime: Runtime, state: StateDir) -> Layout:
@@ -440,6 +476,26 @@ def missing_version_hint(model: ModelSpec) -> str:
     )
 
 
+def _refuse_switching_a_running_server(
+    manifest: Manifest, state: StateDir, runtime: Runtime, pin: dict[str, int]
+) -> None:
+    """`up --version` starts or repairs a deployment; a live label moves only through `promote`."""
+    handle = state.load_handle()
+    if handle is None or handle.runtime != runtime.name or not runtime.state(handle).running:
+        return
+    text = state.read_models_config()
+    current = {m.name: m for m in parse_models_config(text)} if text else {}
+    for name, version in pin.items():
+        entry = current.get(name)
+        label = manifest.model(name).primary_label
+        if entry is not None and entry.labels.get(label) != version:
+            raise UsageError(
+                f"a server is running with {name} {label} → {entry.labels.get(label)}; "
+                f"`up --version {version}` would switch it without checks",
+                hint=f"`deployer promote {version} -f {manifest.source or 'MANIFEST'}` loads, checks and switches it",
+            )
+
+
 def _existing(
     manifest: Manifest, state: StateDir, runtime: Runtime, say: Progress
 ) -> tuple[ServerHandle | None, str | None]:
@@ -474,14 +530,20 @@ def up(
     runtime_choice: str | None = None,
     image: str | None = None,
     retrain: bool = False,
+    version: int | None = None,
+    model_name: str | None = None,
     progress: Progress | None = None,
 ) -> UpReport:
-    """Make the manifest's deployment run and prove it: versions, config, server, health, smoke."""
+    """Make the manifest's deployment run and prove it: versions, config, server, health, smoke.
+
+    ``version`` (with ``model_name`` when the manifest has several) serves that version with every
+    label on it; a running server is never switched this way (that is `promote`, with its checks)."""
     say = progress or _quiet
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
     state = StateDir(manifest.state_path)
     state.ensure()
+    pin = _pinned(manifest, version, model_name)
 
     runtime, runtime_reason, image = keep_or_choose_runtime(manifest, state, runtime_choice, image=image, progress=say)
     timings["runtime"] = time.perf_counter() - t0
@@ -496,7 +558,9 @@ def up(
     wanted_parts = spec_parts(manifest, runtime.name, server_image)
     with _state_lock(state, manifest):
         layout = _layout(manifest, runtime, state)
-        served = desired_models(manifest, state, layout)
+        if pin:
+            _refuse_switching_a_running_server(manifest, state, runtime, pin)
+        served = desired_models(manifest, state, layout, pin=pin, say=say)
         files = render_files(manifest.server, served)
         config_current = _config_files_current(state, files)
         old_config = state.read_models_config()

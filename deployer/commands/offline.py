@@ -10,12 +10,16 @@ import click
 from rich.markup import escape
 
 from deployer import console, store
-from deployer.commands.options import examples, json_option, manifest_option, model_option
+from deployer.commands.options import examples, json_option, manifest_option, model_option, output_option
 from deployer.errors import InputDataError, StoreError, UsageError
 from deployer.manifest import ModelSpec, load_manifest
 
 version_option = click.option(
-    "--version", "version", type=click.IntRange(min=0), default=None, help="Model version (default: the latest)."
+    "--version",
+    "version",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Model version (default: the one the model's first label serves, else the newest complete one).",
 )
 
 
@@ -46,33 +50,113 @@ def train(manifest_path: str, model_name: str | None, as_json: bool) -> None:
 @click.command(epilog=examples("versions"))
 @manifest_option
 @model_option
+@output_option
 @json_option
-def versions(manifest_path: str, model_name: str | None, as_json: bool) -> None:
-    """List the exported versions and their metrics."""
+def versions(manifest_path: str, model_name: str | None, output: str, as_json: bool) -> None:
+    """List each model's exported versions: labels, load state, problems, metrics.
+
+    Labels come from the deployed config; the load state from the running server, when one answers
+    (never starting one); each directory is checked like `promote` does (incomplete/corrupt).
+    All models by default; --model picks one.
+    """
+    from deployer import served
+
     manifest = load_manifest(manifest_path)
-    model = manifest.model(model_name)
-    base_path = manifest.base_path(model)
-    entries: list[dict[str, Any]] = []
-    for version in store.list_versions(base_path):
-        path = base_path / str(version)
-        metadata = store.read_metadata(path)
-        entries.append(
-            {
-                "version": version,
-                "path": str(path),
-                "created_at": metadata.get("created_at"),
-                "metrics": metadata.get("metrics", {}),
-            }
-        )
-    if as_json:
-        console.emit_json({"model": model.name, "base_path": str(base_path), "versions": entries})
+    models = [manifest.model(model_name)] if model_name else list(manifest.models)
+    states, server_note = _server_states(manifest, [m.name for m in models])
+    documents: list[dict[str, Any]] = []
+    for model in models:
+        base_path = manifest.base_path(model)
+        entry = served.deployed(manifest, model)
+        labels = entry.labels if entry else {}
+        entries: list[dict[str, Any]] = []
+        for version in store.list_versions(base_path):
+            path = base_path / str(version)
+            try:
+                metadata = store.read_metadata(path)
+            except UsageError:
+                metadata = {}
+            state = states.get(model.name, {}).get(version)
+            if state is None:
+                state = "configured" if entry and version in entry.versions else "-"
+                if server_note is None and entry and version in entry.versions:
+                    state = "not loaded"
+            entries.append(
+                {
+                    "version": version,
+                    "path": str(path),
+                    "created_at": metadata.get("created_at"),
+                    "labels": sorted(label for label, v in labels.items() if v == version),
+                    "state": state,
+                    "problem": served.problem(path, model),
+                    "metrics": metadata.get("metrics", {}),
+                }
+            )
+        documents.append({"model": model.name, "base_path": str(base_path), "versions": entries})
+    if as_json or output == "json":
+        if len(documents) == 1:
+            # One model keeps the shape it always had; several come as a list, as kubectl's List.
+            console.emit_json({**documents[0], "server": server_note or "answering"})
+        else:
+            console.emit_json({"models": documents, "server": server_note or "answering"})
         return
-    if not entries:
-        console.info(f"no versions under {base_path} (run `deployer train -f {manifest_path}`)")
-        return
-    metric_names = sorted({name for entry in entries for name in entry["metrics"]})
-    rows = [[e["version"], e["created_at"], *(_fmt(e["metrics"].get(name)) for name in metric_names)] for e in entries]
-    console.table(f"{model.name} versions in {base_path}", ["Version", "Created", *metric_names], rows)
+    if server_note:
+        console.info(escape(f"(load state: {server_note})"))
+    for doc in documents:
+        listed: list[dict[str, Any]] = list(doc["versions"])
+        if not listed:
+            console.info(escape(f"{doc['model']}: no versions under {doc['base_path']} (run `deployer train`)"))
+            continue
+        metric_names = sorted({name for entry in listed for name in entry["metrics"]})
+        rows = [
+            [e["version"], ", ".join(e["labels"]), e["state"], "ok" if e["problem"] is None else e["problem"],
+             e["created_at"], *(_fmt(e["metrics"].get(name)) for name in metric_names)]
+            for e in listed
+        ]  # fmt: skip
+        columns: list[str | console.Column] = ["Version", "Labels", "State", console.Column("Check", essential=False)]
+        columns += [console.Column("Created", essential=output == "wide")]
+        columns += [console.Column(name, essential=output == "wide") for name in metric_names]
+        console.table(f"{doc['model']} versions in {doc['base_path']}", columns, rows, wide_hint="-o wide")
+
+
+def _server_states(manifest: Any, names: list[str]) -> tuple[dict[str, dict[int, str]], str | None]:
+    """Each model's version states from the running server, if one answers within a second; else
+    ({}, why not). No runtime SDK, no TensorFlow: one short gRPC probe."""
+    from deployer.client import ServingClient
+    from deployer.errors import DeployerError
+    from deployer.state import StateDir
+
+    try:
+        handle = StateDir(manifest.state_path).load_handle()
+    except DeployerError:
+        handle = None
+    if handle is None:
+        return {}, "no server is running"
+    client = ServingClient(handle.grpc_target)
+    try:
+        if not client.wait_until_reachable(1.0):
+            return {}, f"the server at {handle.grpc_target} does not answer"
+        states: dict[str, dict[int, str]] = {}
+        for name in names:
+            try:
+                states[name] = {s.version: s.state for s in client.model_status(name, timeout=2.0)}
+            except DeployerError:
+                states[name] = {}
+        return states, None
+    finally:
+        client.close()
+
+
+def _chosen_version(manifest: Any, model: Any, version: int | None) -> tuple[int, Path]:
+    """--version, or what is served (the label's version), said on stderr: never silently the newest
+    directory, which may be a refused or broken export."""
+    from deployer import served
+
+    if version is not None:
+        return store.resolve_version(manifest.base_path(model), version)
+    choice = served.default_version(manifest, model)
+    console.info(escape(f"version {choice.version}: {choice.why} (--version N picks another)"))
+    return choice.version, choice.path
 
 
 def _fmt(value: Any) -> str:
@@ -92,7 +176,7 @@ def inspect(manifest_path: str, model_name: str | None, version: int | None, as_
     """Show each signature's inputs, outputs and method name (like `saved_model_cli show --all`)."""
     manifest = load_manifest(manifest_path)
     model = manifest.model(model_name)
-    number, path = store.resolve_version(manifest.base_path(model), version)
+    number, path = _chosen_version(manifest, model, version)
     signatures = {
         name: sig for name, sig in store.read_signatures(path).items() if name not in store.INTERNAL_SIGNATURES
     }
@@ -200,7 +284,7 @@ def predict(
 ) -> None:
     """Run inputs through an exported version's signature, whatever its API (classify, regress, predict)."""
     from deployer import apis
-    from deployer.export import batch_from_file, batch_from_pairs, run_local
+    from deployer.export import run_local
 
     if not local:
         raise UsageError("predict needs --local (it runs the exported model in-process)")
@@ -208,13 +292,15 @@ def predict(
         raise UsageError("give either --input FILE or --example NAME=VALUE (not both)")
     manifest = load_manifest(manifest_path)
     model = manifest.model(model_name)
-    number, path = store.resolve_version(manifest.base_path(model), version)
     declared = model.declared_api
-    api = apis.piece(declared) if declared is not None else apis.resolve(model, store.find_signature(path, model))
-    if input_path is not None:
-        batch, rows = batch_from_file(input_path, model, api)
-    else:
-        batch, rows = batch_from_pairs(examples, model, api)
+    # With the API known from the manifest, bad input is reported before any version is looked at.
+    api = apis.piece(declared) if declared is not None else None
+    if api is not None:
+        batch, rows = _batch(input_path, examples, model, api)
+    number, path = _chosen_version(manifest, model, version)
+    if api is None:
+        api = apis.resolve(model, store.find_signature(path, model))
+        batch, rows = _batch(input_path, examples, model, api)
     # A version that breaks its API's contract gets a clear StoreError instead of a TF stack trace.
     store.validate_version(path, model)
     try:
@@ -228,6 +314,14 @@ def predict(
         console.emit_json({"model": model.name, "version": number, "api": api.name, "predictions": answers})
         return
     _print_predictions(model, number, answers)
+
+
+def _batch(input_path: Path | None, examples: tuple[str, ...], model: ModelSpec, api: Any) -> tuple[Any, Any]:
+    from deployer.export import batch_from_file, batch_from_pairs
+
+    if input_path is not None:
+        return batch_from_file(input_path, model, api)
+    return batch_from_pairs(examples, model, api)
 
 
 def _cell(value: Any) -> str:

@@ -15,7 +15,7 @@ from deployer.commands.options import examples, json_option, manifest_option, mo
 from deployer.errors import SmokeFailed, UsageError
 
 if TYPE_CHECKING:
-    from deployer.manifest import Manifest
+    from deployer.manifest import Manifest, ModelSpec
     from deployer.orchestrate import ModelView, UpReport
     from deployer.smoke import SmokeReport
 
@@ -95,7 +95,6 @@ def _unserved(report: UpReport) -> list[tuple[str, int, dict[str, int]]]:
 def next_steps(report: UpReport, manifest: Manifest, manifest_arg: str) -> list[str]:
     """Commands worth running after this `up`, ready to paste: promote what was exported but not
     served, a curl through REST, smoke, promote, down."""
-    import json
     import shlex
 
     from deployer import console
@@ -106,17 +105,41 @@ def next_steps(report: UpReport, manifest: Manifest, manifest_arg: str) -> list[
              for model, version, _ in _unserved(report)]  # fmt: skip
     rest = report.handle.rest_url
     for spec in manifest.models[:2]:
-        if rest is None:
-            break
-        features = dict(spec.smoke[0].features) if spec.smoke else dict.fromkeys(spec.feature_names, 0.0)
-        body = json.dumps({"signature_name": spec.signature_name, "examples": [features]})
-        url = f"{rest}/v1/models/{spec.name}/labels/{spec.primary_label}:classify"
-        steps.append(f"curl -s -X POST {url} -d {shlex.quote(body)}")
+        curl = _curl_line(spec, rest) if rest is not None else None
+        if curl is not None:
+            steps.append(curl)
     steps.append(f"{cli} smoke {f}")
     if not _unserved(report):
         steps.append(f"{cli} train {f}   # then: {cli} promote VERSION {f}")
     steps += [f"{cli} status {f}", f"{cli} down {f}"]
     return steps
+
+
+MAX_CURL_BODY = 400  # a longer request body (images, sequences) is no line to paste
+
+
+def _curl_line(spec: ModelSpec, rest: str) -> str | None:
+    """A curl through the REST API on the model's first label, with its first smoke case as the body
+    (the model's API decides the verb and the body), or None when there is no short one."""
+    import json
+    import shlex
+
+    from deployer import apis
+    from deployer.errors import DeployerError
+
+    declared = spec.declared_api
+    if declared is None:
+        return None
+    api = apis.piece(declared)
+    try:
+        batch = api.case_batch(spec, spec.smoke[0]) if spec.smoke else api.probe_batch(spec)
+        body = json.dumps(api.rest_body(spec, batch))
+    except (DeployerError, OSError, ValueError):
+        return None
+    if len(body) > MAX_CURL_BODY:
+        return None
+    url = f"{rest}/v1/models/{spec.name}/labels/{spec.primary_label}:{api.rest_verb}"
+    return f"curl -s -X POST {url} -d {shlex.quote(body)}"
 
 
 def _print_up(report: UpReport, steps: list[str]) -> None:
@@ -174,8 +197,24 @@ def _smoke_failed(reports: list[SmokeReport]) -> SmokeFailed:
 )
 @click.option("--image", default=None, help="Server image for the docker runtime (default: server.image).")
 @click.option("--retrain", is_flag=True, help="Train and export a new version even when one exists.")
+@click.option(
+    "--version",
+    "version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Serve this version (with every label) instead of the deployed/newest one; not to switch a running server.",
+)
+@model_option
 @json_option
-def up(manifest_path: str, runtime: str | None, image: str | None, retrain: bool, as_json: bool) -> None:
+def up(
+    manifest_path: str,
+    runtime: str | None,
+    image: str | None,
+    retrain: bool,
+    version: int | None,
+    model_name: str | None,
+    as_json: bool,
+) -> None:
     """Train if needed, start or reuse the server, wait until healthy, smoke-test, summarize."""
     from deployer import console, orchestrate
 
@@ -185,7 +224,17 @@ def up(manifest_path: str, runtime: str | None, image: str | None, retrain: bool
         # Progress lines carry paths and server messages: never let rich read them as markup.
         console.info(escape(line))
 
-    report = orchestrate.up(manifest, runtime_choice=runtime, image=image, retrain=retrain, progress=progress)
+    if model_name is not None and version is None:
+        raise UsageError("--model with up only picks the model --version applies to", hint="add --version N")
+    report = orchestrate.up(
+        manifest,
+        runtime_choice=runtime,
+        image=image,
+        retrain=retrain,
+        version=version,
+        model_name=model_name,
+        progress=progress,
+    )
     steps = next_steps(report, manifest, manifest_path)
     if as_json:
         console.emit_json({**report.to_json(), "next": steps})

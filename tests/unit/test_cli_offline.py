@@ -262,4 +262,6 @@ def test_offline_commands_do_not_import_tensorflow_for_listing(tmp_path: Path) -
 
 def test_predict_refuses_an_incomplete_version(fake_version: Path) -> None:
     args = [x for pair in SEED_EXAMPLE for x in ("--example", pair)]
-    assert_usage_error(run("predict", "-f", fake_version, "--local", *args), "is incomplete")
+    # Without --version an incomplete directory is never the default; asked for by number it is refused.
+    assert_usage_error(run("predict", "-f", fake_version, "--local", *args), "no usable version")
+    assert_usage_error(run("predict", "-f", fake_version, "--local", "--version", "7", *args), "is incomplete")

@@ -12,6 +12,7 @@ import click
 from rich.markup import escape
 
 from deployer.commands.options import examples, json_option, manifest_option, model_option
+from deployer.commands.targets import rest_url_option, target_option
 from deployer.errors import SmokeFailed, UsageError
 
 if TYPE_CHECKING:
@@ -248,10 +249,12 @@ def up(
 @manifest_option
 @model_option
 @click.option("--label", default=None, help="Smoke the version behind this label (default: the model's first label).")
-@click.option("--version", "version", type=int, default=None, help="Smoke this version.")
+@click.option("--version", "version", type=int, default=None, help="Smoke this version (it must be loaded).")
 @click.option("--rest", is_flag=True, help="Send the cases through the REST API instead of gRPC.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None, help="Write a JUnit XML report.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per request.")
+@target_option
+@rest_url_option
 @json_option
 def smoke(
     manifest_path: str,
@@ -261,11 +264,17 @@ def smoke(
     rest: bool,
     junit_path: str | None,
     timeout: float,
+    target: str | None,
+    rest_url: str | None,
     as_json: bool,
 ) -> None:
-    """Send the manifest's smoke cases to the running server and check the answers (exit 5 on a mismatch)."""
+    """Send the manifest's smoke cases to the running server and check the answers (exit 5 on a mismatch).
+
+    --target HOST:PORT smokes any TF Serving with the manifest's cases. A label the server does not
+    resolve, or a version it has not loaded, is a usage error (exit 2) naming what it has.
+    """
     from deployer import console
-    from deployer.orchestrate import connect
+    from deployer.commands import targets
     from deployer.smoke import run_smoke, run_smoke_rest, write_junit
 
     if label is not None and version is not None:
@@ -277,15 +286,22 @@ def smoke(
     models = [m for m in models if m.smoke]
     if not models:
         raise UsageError("the manifest has no smoke cases", hint="add models[].smoke entries")
-    handle, client = connect(manifest)
+    connection = targets.connect(manifest, target, rest_url)
+    client = connection.client
     reports = []
     try:
         for model in models:
+            # Only what the user typed is checked up front: a default label that does not resolve is a
+            # deployment problem, reported by the cases themselves.
+            targets.check_selector(manifest, model, client, label=label, version=version)
             chosen = label if label is not None or version is not None else model.primary_label
             if rest:
-                if handle.rest_url is None:
-                    raise UsageError("the running server has no REST port", hint="drop --rest")
-                reports.append(run_smoke_rest(handle.rest_url, model, version=version, label=chosen, timeout=timeout))
+                if connection.rest_url is None:
+                    hint = "add --rest-url http://HOST:PORT" if connection.external else "drop --rest"
+                    raise UsageError("no REST endpoint to send the cases to", hint=hint)
+                reports.append(
+                    run_smoke_rest(connection.rest_url, model, version=version, label=chosen, timeout=timeout)
+                )
             else:
                 reports.append(run_smoke(client, model, version=version, label=chosen, timeout=timeout))
     finally:

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from deployer import orchestrate
 from deployer.cli import main
 from deployer.client import ClassifyResult, VersionStatus
-from deployer.errors import NotHealthy, RuntimeUnavailable
+from deployer.errors import NotHealthy, RuntimeUnavailable, ServerRequestError
 from deployer.export import ExportResult
 from deployer.health import HealthReport
 from deployer.runtime.base import ProcessState, ServerHandle
@@ -177,6 +177,15 @@ class FakeClient(InferViaClassify):
         scores = [(c, 0.9 if c == got else 0.05) for c in "012"]
         return ClassifyResult(model, version or 1, signature_name, [scores], 0.0)
 
+    def model_status(self, model: str, *, version: int | None = None, timeout: float | None = None) -> Any:
+        return [VersionStatus(1, "AVAILABLE", "OK", ""), VersionStatus(2, "LOADING", "OK", "")]
+
+    def metadata(self, model: str, *, label: str | None = None, timeout: float | None = None) -> Any:
+        if label not in ("stable", "canary"):
+            message = f"GetModelMetadata: INVALID_ARGUMENT: unknown label {label}"
+            raise ServerRequestError(message, code="INVALID_ARGUMENT")
+        return {"model_spec": {"name": model, "version": "1" if label == "stable" else "2"}}
+
     def close(self) -> None:
         self.closed = True
 
@@ -210,6 +219,49 @@ def test_smoke_flag_errors_and_nothing_running(manifest: str, monkeypatch: pytes
     result = run("smoke", "-f", manifest)
     assert result.exit_code == 4
     assert "no server is running" in result.stderr and "deployer up" in result.stderr
+
+
+def test_smoke_usage_mistakes_exit_2_naming_what_exists(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(orchestrate, "connect", lambda m: (HANDLE, FakeClient(wrong=False)))
+    typo = run("smoke", "-f", manifest, "--label", "stabel")
+    # Before: exit 5, a line per case and "the served model answers ... wrongly".
+    assert typo.exit_code == 2, typo.output
+    assert typo.stderr.splitlines()[0] == (
+        "deployer: error: model iris has no label 'stabel' on the server; labels: stable → 1"
+    )
+    unloaded = run("smoke", "-f", manifest, "--version", "2")
+    assert unloaded.exit_code == 2
+    assert "version 2 of iris is not loaded (LOADING); the server has: 1 (AVAILABLE), 2 (LOADING)" in unloaded.stderr
+    absent = run("smoke", "-f", manifest, "--version", "7")
+    assert absent.exit_code == 2 and "version 7 of iris is not loaded; the server has: 1 (AVAILABLE)" in absent.stderr
+    assert run("smoke", "-f", manifest, "--label", "canary").exit_code == 0
+
+
+def test_smoke_against_any_server_with_target(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from deployer import client as client_module
+
+    made: list[str] = []
+
+    class TargetClient(FakeClient):
+        def __init__(self, target: str, timeout: float = 10.0) -> None:
+            super().__init__(wrong=False)
+            self.target = target
+            made.append(target)
+
+        def wait_until_reachable(self, timeout: float) -> bool:
+            return self.target != "127.0.0.1:1"
+
+    monkeypatch.setattr(client_module, "ServingClient", TargetClient)
+    monkeypatch.setattr(orchestrate, "connect", lambda m: pytest.fail("--target must not use the manifest's server"))
+    result = run("smoke", "-f", manifest, "--target", "127.0.0.2:18500", "--json")
+    assert result.exit_code == 0, result.output
+    assert made == ["127.0.0.2:18500"] and json.loads(result.stdout)["reports"][0]["target"] == "127.0.0.2:18500"
+    down = run("smoke", "-f", manifest, "--target", "127.0.0.1:1")
+    assert down.exit_code == 4 and "nothing answers gRPC at 127.0.0.1:1" in down.stderr
+    assert run("smoke", "-f", manifest, "--target", "nope").exit_code == 2
+    assert run("smoke", "-f", manifest, "--target", "h:99999").exit_code == 2
+    no_rest = run("smoke", "-f", manifest, "--target", "127.0.0.2:18500", "--rest")
+    assert no_rest.exit_code == 2 and "--rest-url" in no_rest.stderr
 
 
 def test_status_json_shapes(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:

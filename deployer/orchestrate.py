@@ -743,6 +743,44 @@ def status(manifest: Manifest) -> StatusReport:
     return StatusReport(manifest.project, str(state.root), process.running, handle, process, models)
 
 
+EXTERNAL = "external"  # the runtime name of a --target server: deployer neither started nor stops it
+
+
+def target_status(
+    manifest: Manifest, target: str, rest_url: str | None = None, *, probe_seconds: float = 5.0
+) -> StatusReport:
+    """The status of any TF Serving at ``target`` for the manifest's models: versions and states
+    (GetModelStatus), and the manifest's labels (plus the deployed config's) as the server resolves them."""
+    state = StateDir(manifest.state_path)
+    handle = ServerHandle(EXTERNAL, "", target, target, rest_url, "")
+    text = None
+    with suppress(OSError):
+        text = state.read_models_config()
+    configured = {m.name: m for m in parse_models_config(text)} if text else {}
+    with ServingClient(target) as client:
+        if not client.wait_until_reachable(probe_seconds):
+            process = ProcessState(False, None, f"nothing answers gRPC at {target}")
+            return StatusReport(manifest.project, str(state.root), False, handle, process, [])
+        models = []
+        for model in manifest.models:
+            versions: list[VersionStatus] = []
+            error = None
+            try:
+                versions = sorted(client.model_status(model.name, timeout=5.0), key=lambda s: s.version)
+            except ServerRequestError as exc:
+                error = exc.message
+            labels: dict[str, int] = {}
+            entry = configured.get(model.name)
+            for label in sorted({*model.labels, *(entry.labels if entry else {})}):
+                with suppress(ServerRequestError):
+                    meta = client.metadata(model.name, label=label, timeout=5.0)
+                    resolved = int(meta.get("model_spec", {}).get("version", 0) or 0)
+                    if resolved:
+                        labels[label] = resolved
+            models.append(ModelView(model.name, str(manifest.base_path(model)), versions, labels, error))
+    return StatusReport(manifest.project, str(state.root), True, handle, ProcessState(True, None, "answering"), models)
+
+
 def connect(manifest: Manifest, *, probe_seconds: float = 3.0) -> tuple[ServerHandle, ServingClient]:
     """The running server of this manifest and a client for it; NotHealthy when nothing answers.
 

@@ -54,5 +54,6 @@ def write_manifest(
         "server": server,
     }
     path = root / "deployer.yaml"
+    root.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     return path

@@ -11,6 +11,7 @@ from rich.markup import escape
 
 from deployer import console, store
 from deployer.commands.options import examples, json_option, manifest_option, model_option, output_option
+from deployer.commands.targets import target_option
 from deployer.errors import InputDataError, StoreError, UsageError
 from deployer.manifest import ModelSpec, load_manifest
 
@@ -260,6 +261,7 @@ def import_(manifest_path: str, model_name: str | None, path: Path, version: int
 @manifest_option
 @model_option
 @version_option
+@click.option("--label", default=None, help="Classify with the version behind this label (default: the first label).")
 @click.option("--local", is_flag=True, help="Run the exported model in this process (no server).")
 @click.option(
     "--input",
@@ -272,48 +274,94 @@ def import_(manifest_path: str, model_name: str | None, path: Path, version: int
 @click.option(
     "--example", "examples", multiple=True, metavar="NAME=VALUE", help="One feature value; repeat per feature."
 )
+@target_option
 @json_option
 def predict(
     manifest_path: str,
     model_name: str | None,
     version: int | None,
+    label: str | None,
     local: bool,
     input_path: Path | None,
     examples: tuple[str, ...],
+    target: str | None,
     as_json: bool,
 ) -> None:
-    """Run inputs through an exported version's signature, whatever its API (classify, regress, predict)."""
-    from deployer import apis
-    from deployer.export import run_local
+    """Run inputs through the running server (or --target), or in-process with --local, whatever the
+    model's API (classify, regress, predict).
 
-    if not local:
-        raise UsageError("predict needs --local (it runs the exported model in-process)")
+    Through the server, the inputs go where clients' requests go: the label (default: the model's
+    first) or --version, over gRPC. --local loads the export here, for a version no server has yet.
+    """
+    from deployer import apis, served
+
     if (input_path is None) == (not examples):
         raise UsageError("give either --input FILE or --example NAME=VALUE (not both)")
+    if label is not None and version is not None:
+        raise UsageError("choose --label or --version, not both")
+    if local and target is not None:
+        raise UsageError("--local runs the model in this process; --target sends the rows to a server: choose one")
     manifest = load_manifest(manifest_path)
     model = manifest.model(model_name)
     declared = model.declared_api
-    # With the API known from the manifest, bad input is reported before any version is looked at.
+    # With the API known from the manifest, bad input is reported before any version or server is looked at.
     api = apis.piece(declared) if declared is not None else None
-    if api is not None:
-        batch, rows = _batch(input_path, examples, model, api)
-    number, path = _chosen_version(manifest, model, version)
     if api is None:
-        api = apis.resolve(model, store.find_signature(path, model))
-        batch, rows = _batch(input_path, examples, model, api)
-    # A version that breaks its API's contract gets a clear StoreError instead of a TF stack trace.
-    store.validate_version(path, model)
-    try:
-        answers = run_local(path, model, batch).to_json()
-    except StoreError as exc:
-        raise InputDataError(exc.message) from None
+        api = apis.resolve(model, store.find_signature(served.default_version(manifest, model).path, model))
+    batch, rows = _batch(input_path, examples, model, api)
+    if local:
+        number, answers, where = _predict_local(manifest, model, batch, version, label)
+    else:
+        number, answers, where = _predict_served(manifest, model, api, batch, version, label, target)
     if rows is not None:
         # tf.Example APIs: show each answer beside the row it answers.
         answers = [{"features": row, **answer} for row, answer in zip(rows, answers, strict=True)]
     if as_json:
-        console.emit_json({"model": model.name, "version": number, "api": api.name, "predictions": answers})
+        console.emit_json(
+            {"model": model.name, "version": number, "api": api.name, "via": where, "predictions": answers}
+        )
         return
-    _print_predictions(model, number, answers)
+    _print_predictions(model, number, answers, where)
+
+
+def _predict_local(
+    manifest: Any, model: ModelSpec, batch: Any, version: int | None, label: str | None
+) -> tuple[int, list[dict[str, Any]], str]:
+    from deployer import served
+    from deployer.export import run_local
+
+    if label is not None:
+        entry = served.deployed(manifest, model)
+        if entry is None or label not in entry.labels:
+            have = ", ".join(f"{k} → {v}" for k, v in sorted((entry.labels if entry else {}).items())) or "none"
+            raise UsageError(f"the deployed config has no label {label!r} for {model.name}; labels: {have}")
+        version = entry.labels[label]
+    number, path = _chosen_version(manifest, model, version)
+    # A version that breaks its API's contract gets a clear StoreError instead of a TF stack trace.
+    store.validate_version(path, model)
+    try:
+        return number, run_local(path, model, batch).to_json(), "local"
+    except StoreError as exc:
+        raise InputDataError(exc.message) from None
+
+
+def _predict_served(
+    manifest: Any, model: ModelSpec, api: Any, batch: Any, version: int | None, label: str | None, target: str | None
+) -> tuple[int, list[dict[str, Any]], str]:
+    """One request of the model's API with every input, to the label or version clients would hit."""
+    from deployer.apis import request_builder
+    from deployer.commands import targets
+
+    connection = targets.connect(manifest, target)
+    try:
+        targets.check_selector(manifest, model, connection.client, label=label, version=version)
+        chosen = label if label is not None or version is not None else model.primary_label
+        request = request_builder.grpc_request(api, model, batch, request_builder.Target(version, chosen))
+        response, _latency = connection.client.infer(api.grpc_method, request)
+    finally:
+        connection.client.close()
+    answers = api.to_json(api.parse_grpc(response))
+    return int(response.model_spec.version.value), answers, f"served at {connection.grpc_target}"
 
 
 def _batch(input_path: Path | None, examples: tuple[str, ...], model: ModelSpec, api: Any) -> tuple[Any, Any]:
@@ -335,13 +383,13 @@ def _cell(value: Any) -> str:
     return text if len(text) <= 60 else text[:59] + "…"
 
 
-def _print_predictions(model: ModelSpec, number: int, answers: list[dict[str, Any]]) -> None:
+def _print_predictions(model: ModelSpec, number: int, answers: list[dict[str, Any]], where: str = "local") -> None:
     """One row per instance; classify keeps its ClassID/Probability columns, other APIs show their fields."""
     renamed = {"class": "ClassID", "probability": "Probability", "value": "Value"}
     columns = [key for key in answers[0] if key not in ("scores", "features")] if answers else []
     names = model.feature_names if answers and "features" in answers[0] else []
     console.table(
-        f"{model.name} v{number} (local)",
+        f"{model.name} v{number} ({where})",
         [*names, *(renamed.get(c, c) for c in columns)],
         [[*(_feature_cell(a["features"][n]) for n in names), *(_cell(a[c]) for c in columns)] for a in answers],
     )

@@ -10,6 +10,7 @@ import click
 
 from deployer import console
 from deployer.commands.options import examples, json_option, manifest_option, model_option, output_option
+from deployer.commands.targets import target_option
 from deployer.console import Column
 from deployer.ledger import Ledger
 from deployer.manifest import load_manifest
@@ -18,6 +19,7 @@ from deployer.state import StateDir
 
 if TYPE_CHECKING:
     from deployer.client import ServingClient
+    from deployer.manifest import Manifest
 
 label_option = click.option("--label", default=None, help="The label to move (default: the model's first label).")
 no_wait_option = click.option(
@@ -71,6 +73,12 @@ def _show(report: PromoteReport) -> None:
     )
 
 
+def _connect(manifest: Manifest, target: str | None) -> ServingClient:
+    from deployer.commands import targets
+
+    return targets.connect(manifest, target).client
+
+
 def _run(as_json: bool, action: Callable[[Callable[[str], None]], PromoteReport]) -> None:
     progress: Callable[[str], None] = console.info
     try:
@@ -95,6 +103,7 @@ def _run(as_json: bool, action: Callable[[Callable[[str], None]], PromoteReport]
 @label_option
 @max_delta_option
 @no_wait_option
+@target_option
 @json_option
 def promote(
     version: int,
@@ -103,19 +112,22 @@ def promote(
     label: str | None,
     max_delta: float | None,
     no_wait: bool,
+    target: str | None,
     as_json: bool,
 ) -> None:
     """Move a label to VERSION: load beside the current one, smoke-test and diff, switch, unload.
 
-    Any failure restores the previous config (file and server) and exits 6.
+    Any failure restores the previous config (file and server) and exits 6. With --target HOST:PORT
+    the server is any TF Serving whose models.config deployer keeps: TF Serving has no API to read
+    its config, so the state directory's config/models.config must be the one that server runs
+    (paths as the server sees them), and the manifest's base_path must be readable here (step 1).
     """
-    from deployer import orchestrate
     from deployer import promote as promotion
 
     manifest = load_manifest(manifest_path)
 
     def connect() -> ServingClient:
-        return orchestrate.connect(manifest)[1]
+        return _connect(manifest, target)
 
     _run(
         as_json,
@@ -139,6 +151,7 @@ def promote(
 @click.option("--to", "to_version", type=click.IntRange(min=0), default=None, help="Roll back to this version.")
 @max_delta_option
 @no_wait_option
+@target_option
 @json_option
 def rollback(
     manifest_path: str,
@@ -147,16 +160,18 @@ def rollback(
     to_version: int | None,
     max_delta: float | None,
     no_wait: bool,
+    target: str | None,
     as_json: bool,
 ) -> None:
-    """Move a label back to its previous version (from the history), or --to VERSION, through the same checks."""
-    from deployer import orchestrate
+    """Move a label back to its previous version (from the history), or --to VERSION, through the same checks.
+
+    --target HOST:PORT works as for `promote`."""
     from deployer import promote as promotion
 
     manifest = load_manifest(manifest_path)
 
     def connect() -> ServingClient:
-        return orchestrate.connect(manifest)[1]
+        return _connect(manifest, target)
 
     _run(
         as_json,

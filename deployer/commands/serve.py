@@ -321,12 +321,15 @@ def smoke(
 @click.command(epilog=examples("status"))
 @manifest_option
 @model_option
+@target_option
+@rest_url_option
 @json_option
-def status(manifest_path: str, model_name: str | None, as_json: bool) -> None:
+def status(manifest_path: str, model_name: str | None, target: str | None, rest_url: str | None, as_json: bool) -> None:
     """Runtime state, endpoints, and each model's versions, states and labels.
 
     Exits 0 only when the server runs and answers for every model (or --model's): 4 otherwise, so
-    `deployer status` works as a CI or monitoring check.
+    `deployer status` works as a CI or monitoring check. --target HOST:PORT checks any TF Serving
+    for the manifest's models and labels.
     """
     from dataclasses import replace
 
@@ -334,7 +337,7 @@ def status(manifest_path: str, model_name: str | None, as_json: bool) -> None:
     from deployer.errors import NotHealthy
 
     manifest = _load(manifest_path)
-    report = orchestrate.status(manifest)
+    report = orchestrate.status(manifest) if target is None else orchestrate.target_status(manifest, target, rest_url)
     if model_name is not None:
         manifest.model(model_name)  # an unknown name exits 2, naming the models
         report = replace(report, models=[m for m in report.models if m.name == model_name])
@@ -344,9 +347,14 @@ def status(manifest_path: str, model_name: str | None, as_json: bool) -> None:
         handle = report.handle
         process = report.process
         state = "running" if report.running else f"not running ({process.detail if process else 'unknown'})"
-        _plain(f"{report.project}: {handle.runtime} {handle.name} ({handle.ident[:12]}) {state}")
+        if target is not None:
+            _plain(f"{report.project}: TF Serving at {target} (--target) {'answers' if report.running else state}")
+        else:
+            _plain(f"{report.project}: {handle.runtime} {handle.name} ({handle.ident[:12]}) {state}")
         _plain(f"endpoints: gRPC {handle.grpc_target}  REST {handle.rest_url or '-'}")
         _print_models(report.models)
+    if not report.running and target is not None:
+        raise NotHealthy(f"nothing answers gRPC at {target}", hint="check --target HOST:PORT (the gRPC port)")
     if not report.running:
         raise NotHealthy(f"no server is running for project {report.project}", hint=f"run `{_cli()} up`")
     unanswered = [m.name for m in report.models if m.error]

@@ -285,3 +285,47 @@ def test_ctrl_c_during_start_up_is_one_line_and_leaves_no_server(project_dir: tu
     assert "Traceback" not in err and err.rstrip().endswith("deployer: interrupted"), err
     status = deployer("status", "-f", str(manifest), "--json")
     assert json.loads(status.stdout)["running"] is False
+
+
+def test_predict_smoke_status_through_the_server_and_against_any_target(project_dir: tuple[Path, Path]) -> None:
+    """predict without --local goes through the server; smoke/status --target work against a server
+    named by address; typos in --label/--version are exit 2 naming what the server has."""
+    root, manifest = project_dir
+    write_model(root / "exports" / "iris", 1, kind="good")
+    m = str(manifest)
+    up = deployer("up", "-f", m, "--runtime", "local", "--json")
+    assert up.returncode == 0, up.stderr
+    grpc_target = json.loads(up.stdout)["server"]["grpc"]
+    rest_url = json.loads(up.stdout)["server"]["rest"]
+    row = ["--example", "SepalLength=5.1", "--example", "SepalWidth=3.3", "--example", "PetalLength=1.7",
+           "--example", "PetalWidth=0.5"]  # fmt: skip
+
+    predicted = deployer("predict", "-f", m, *row, "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    doc = json.loads(predicted.stdout)
+    assert doc["version"] == 1 and doc["via"] == f"served at {grpc_target}"
+    assert doc["predictions"][0]["class"] == "0"
+
+    # A manifest in another directory with no state at all: only --target says where the server is.
+    elsewhere = manifests.write_manifest(root / "elsewhere", "other-project", server={"runtime": "local"},
+                                         base_path=str(root / "exports" / "iris"))  # fmt: skip
+    assert deployer("smoke", "-f", str(elsewhere)).returncode == 4  # no server of its own
+    smoke = deployer("smoke", "-f", str(elsewhere), "--target", grpc_target, "--json")
+    assert smoke.returncode == 0, smoke.stderr
+    assert json.loads(smoke.stdout)["reports"][0]["target"] == grpc_target
+    rest = deployer("smoke", "-f", str(elsewhere), "--target", grpc_target, "--rest", "--rest-url", rest_url)
+    assert rest.returncode == 0, rest.stderr
+    status = deployer("status", "-f", str(elsewhere), "--target", grpc_target, "--json")
+    assert status.returncode == 0, status.stderr
+    status_doc = json.loads(status.stdout)
+    assert status_doc["models"][0]["labels"] == {"stable": 1}
+    assert status_doc["models"][0]["versions"][0]["state"] == "AVAILABLE"
+    via_target = deployer("predict", "-f", str(elsewhere), *row, "--target", grpc_target, "--json")
+    assert via_target.returncode == 0 and json.loads(via_target.stdout)["predictions"][0]["class"] == "0"
+
+    typo = deployer("smoke", "-f", m, "--label", "stabel")
+    assert typo.returncode == 2, typo.stderr
+    assert "model iris has no label 'stabel' on the server; labels: stable → 1" in typo.stderr
+    unloaded = deployer("smoke", "-f", m, "--version", "5")
+    assert unloaded.returncode == 2 and "the server has: 1 (AVAILABLE)" in unloaded.stderr
+    assert deployer("status", "-f", str(elsewhere), "--target", "127.0.0.1:1").returncode == 4

@@ -331,3 +331,28 @@ def test_requests_on_the_label_never_fail_during_promotion_and_rollback(deploy: 
     assert load.ok >= 50  # the load really overlapped the promotion
     assert load.versions == {1, 2}  # and saw the label switch both ways
     assert deploy.label_version() == 1
+
+
+def test_promote_and_rollback_with_target_drive_a_server_this_manifest_did_not_start(deploy: Deployment) -> None:
+    """Another checkout (no server handle, its own state dir) holding the served models.config promotes
+    the running server by address; a label typo is exit 2 naming the labels."""
+    with deploy.client() as client:
+        target = client.target
+    other_root = deploy.root / "ci-checkout"
+    server = {"grpc_port": 0, "rest_port": 0}
+    other = manifests.write_manifest(other_root, deploy.project, base_path=str(deploy.base), server=server)
+    other_state = StateDir(other_root / "state")
+    other_state.write_config_files({"models.config": deploy.state.models_config.read_text()})
+
+    typo = deploy.cli("promote", "2", "-f", str(other), "--target", target, "--label", "stabel")
+    assert typo.returncode == 2, deploy.outputs[-1]
+    assert "no label 'stabel'" in typo.stderr and "stable" in typo.stderr
+
+    promoted = deploy.cli("promote", "2", "-f", str(other), "--target", target, "--json")
+    assert promoted.returncode == 0, deploy.outputs[-1]
+    assert json.loads(promoted.stdout)["to"] == 2
+    assert deploy.label_version() == 2
+    rolled = deploy.cli("rollback", "-f", str(other), "--target", target)
+    assert rolled.returncode == 0, deploy.outputs[-1]
+    assert deploy.label_version() == 1
+    assert deploy.cli("promote", "2", "-f", str(other), "--target", "127.0.0.1:1").returncode == 4

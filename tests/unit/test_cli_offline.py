@@ -140,9 +140,15 @@ def test_input_file_missing_or_unsupported(fake_version: Path, tmp_path: Path) -
                        "unsupported input file type '.txt'")
 
 
+SEED_ARGS = [x for pair in SEED_EXAMPLE for x in ("--example", pair)]
+
+
 def test_predict_needs_exactly_one_input_source(fake_version: Path, tmp_path: Path) -> None:
     assert_usage_error(run("predict", "-f", fake_version, "--local"), "either --input FILE or --example")
-    assert_usage_error(run("predict", "-f", fake_version, "--example", "a=1"), "needs --local")
+    assert_usage_error(run("predict", "-f", fake_version, "--local", "--target", "127.0.0.1:1", *SEED_ARGS),
+                       "choose one")  # fmt: skip
+    assert_usage_error(run("predict", "-f", fake_version, "--label", "stable", "--version", "1", *SEED_ARGS),
+                       "not both")  # fmt: skip
 
 
 def test_real_process_exit_code_and_stderr(tmp_path: Path) -> None:

@@ -171,9 +171,9 @@ def test_daemon_unreachable_exits_3(tmp_path: Path, project: str, image: str) ->
     result = deployer("up", "-f", str(manifest), env={"DOCKER_HOST": "unix:///nonexistent.sock"})
     assert result.returncode == 3, result.stderr
     assert "Docker daemon" in result.stderr and "Traceback" not in result.stderr
-    # auto falls back to local and says why (only the runtime choice is checked here).
+    # Without a daemon, status still answers: nothing runs (exit 4, the status check's "down"), no traceback.
     status = deployer("status", "-f", str(manifest), env={"DOCKER_HOST": "unix:///nonexistent.sock"})
-    assert status.returncode == 0
+    assert status.returncode == 4 and "no server is running" in status.stderr and "Traceback" not in status.stderr
 
 
 def test_down_leaves_foreign_containers_alone(manifest: Path, runtime: DockerRuntime, project: str, image: str) -> None:
@@ -194,3 +194,43 @@ def test_down_leaves_foreign_containers_alone(manifest: Path, runtime: DockerRun
     finally:
         foreign.remove(force=True)
         other.remove(force=True)
+
+
+def test_logs_after_a_failed_up_show_the_removed_containers_log(
+    tmp_path: Path, runtime: DockerRuntime, project: str, image: str
+) -> None:
+    write_model(tmp_path / "exports" / "iris", 1, kind="broken")
+    m = str(write_manifest(tmp_path, project, image))
+    try:
+        up = deployer("up", "-f", m)
+        assert up.returncode == 4, up.stderr
+        assert f"deployer logs -f {m}" in up.stderr
+        assert containers(runtime, project) == []  # the failed container is removed...
+        logs = deployer("logs", "-f", m, "--tail", "200")
+        assert logs.returncode == 0, logs.stderr  # ...but its log was kept before the removal
+        assert "iris" in logs.stdout and "Failed to start server" in logs.stdout
+        assert "no server is running" in logs.stderr and "docker" in logs.stderr
+    finally:
+        deployer("down", "-f", m, timeout=120)
+
+
+def test_a_plain_up_keeps_the_running_container_of_an_explicit_runtime_and_image(
+    tmp_path: Path, runtime: DockerRuntime, project: str, image: str
+) -> None:
+    """`up --runtime docker --image X`, then a plain `up` with `runtime: auto` and the manifest's
+    (unpullable) tensorflow/serving image: before, auto tried a pull, replaced the container with a
+    local process and said no server was running."""
+    write_model(tmp_path / "exports" / "iris", 1, kind="good")
+    m = str(write_manifest(tmp_path, project, "tensorflow/serving:2.19.1", runtime="auto"))
+    try:
+        first = deployer("up", "-f", m, "--runtime", "docker", "--image", image, "--json")
+        assert first.returncode == 0, first.stderr
+        second = deployer("up", "-f", m, "--json")
+        assert second.returncode == 0, second.stderr
+        report = json.loads(second.stdout)
+        assert report["runtime"] == "docker" and report["action"] == "reused", report["action_reason"]
+        assert report["server"]["id"] == json.loads(first.stdout)["server"]["id"]
+        assert "keeping the running docker server" in report["runtime_reason"]
+        assert "pulling" not in second.stderr
+    finally:
+        deployer("down", "-f", m, timeout=120)

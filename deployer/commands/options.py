@@ -78,7 +78,7 @@ output_option = click.option(
 EXAMPLES: dict[str, list[str]] = {
     "train": ["deployer train -f manifests/iris.yaml", "deployer train --json   # manifest found in ./"],
     "import": [
-        "deployer import -f manifests/zoo.yaml --model half_plus_two path/to/saved_model",
+        "deployer import -f manifests/zoo.yaml --model digits build/digits_saved_model",
         "deployer import ./exported_model --version 7 --json",
     ],
     "versions": ["deployer versions -f manifests/iris.yaml", "deployer versions --model iris --json"],

@@ -126,6 +126,7 @@ def _curl_line(spec: ModelSpec, rest: str) -> str | None:
     import shlex
 
     from deployer import apis
+    from deployer.apis import request_builder
     from deployer.errors import DeployerError
 
     declared = spec.declared_api
@@ -134,7 +135,7 @@ def _curl_line(spec: ModelSpec, rest: str) -> str | None:
     api = apis.piece(declared)
     try:
         batch = api.case_batch(spec, spec.smoke[0]) if spec.smoke else api.probe_batch(spec)
-        body = json.dumps(api.rest_body(spec, batch))
+        body = json.dumps(request_builder.rest_body(api, spec, batch))
     except (DeployerError, OSError, ValueError):
         return None
     if len(body) > MAX_CURL_BODY:

@@ -14,8 +14,8 @@ from click.testing import CliRunner, Result
 from deployer.cli import main
 from tests.unit.test_orchestrate import write_manifest
 
-COMMANDS = ["train", "import", "versions", "inspect", "predict", "up", "smoke", "status", "logs", "down", "promote", "rollback",
-            "history"]  # fmt: skip
+COMMANDS = ["train", "import", "versions", "inspect", "predict", "up", "smoke", "status", "logs", "down", "promote",
+            "rollback", "history"]  # fmt: skip
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:

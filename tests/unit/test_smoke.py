@@ -208,9 +208,16 @@ def test_the_smoke_path_does_not_import_tensorflow() -> None:
 
 
 def test_a_score_just_below_min_score_shows_the_digits_that_differ() -> None:
-    from deployer.smoke import CaseResult, distinct
+    from pathlib import Path
 
-    case = CaseResult("c", "0", "0", 0.49996, 0.5, False, 0.001, 1)
-    assert case.reason == "class '0' scored 0.49996, below min_score 0.5"
+    from deployer import apis
+    from deployer.apis.common import distinct
+    from deployer.manifest import load_manifest
+
+    spec = load_manifest(Path(__file__).resolve().parents[2] / "manifests" / "iris.yaml").model()
+    case = spec.smoke[0].model_copy(update={"min_score": 0.5})
+    verdict = apis.piece("classify").judge(spec, case, [[("0", 0.49996), ("1", 0.3), ("2", 0.2)]])
+    # Before: "scored 0.500, below min_score 0.500", which hides why it failed.
+    assert verdict.reason == "class '0' scored 0.49996, below min_score 0.5"
     assert distinct(0.912, 0.5) == "0.912"
     assert distinct(0.4, 0.4) == "0.40000000"

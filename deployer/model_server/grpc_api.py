@@ -32,6 +32,7 @@ from deployer.model_server.manager import ServerCore
 from deployer.model_server.metrics import Metrics
 from deployer.model_server.servable import DEFAULT_SIGNATURE
 from deployer.model_server.status import ServingError, invalid
+from deployer.model_server.tensors import array_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -105,13 +106,12 @@ def regress(core: ServerCore, request: Any, metrics: Metrics | None = None) -> A
 
 def predict(core: ServerCore, request: Any) -> Any:
     servable = core.servable(request.model_spec)
-    inputs = {}
-    for alias, proto in request.inputs.items():
-        try:
-            inputs[alias] = tf.make_ndarray(proto)
-        except (TypeError, ValueError) as exc:
-            raise invalid(f"tensor parsing error: {alias}") from exc
-    outputs = servable.predict(request.model_spec.signature_name, inputs, list(request.output_filter))
+    # Aliases, dtypes and the output filter are checked against the signature, and each tensor's size
+    # against what the request carries, before any input is materialised (tensors.py).
+    dtypes = {alias: int(proto.dtype) for alias, proto in request.inputs.items()}
+    plan = servable.predict_plan(request.model_spec.signature_name, dtypes, list(request.output_filter))
+    inputs = {alias: array_from_proto(alias, proto) for alias, proto in request.inputs.items()}
+    outputs = servable.run_predict(plan, inputs)
     response = predict_pb2.PredictResponse()
     fill_model_spec(response.model_spec, servable.name, servable.version, request.model_spec.signature_name)
     for alias, value in outputs.items():

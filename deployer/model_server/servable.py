@@ -2,8 +2,16 @@
 
 Loading uses the TF1 session loader (``tf.compat.v1.saved_model.loader.load`` into a private Graph and
 Session, tag "serve"), not ``tf.saved_model.load``: a SavedModel the real server cannot load must fail
-here too. A signature is run by feeding and fetching its tensor *names* through a cached
-``session.make_callable``, so a request costs one C++ call.
+here too.
+
+A signature is run through a C++ callable (``Session._make_callable_from_options`` with a
+``CallableOptions`` naming the feed and fetch tensors, i.e. ``Session::MakeCallable``), one per
+signature and fetch set, made when the version loads (others, e.g. for an ``output_filter``, on first
+use). A run is then one ``Session::RunCallable`` with the GIL released, as TF Serving's
+``Session::Run``: no Python-side feed conversion or static-shape check (a ``[-1, 1]`` input fed shape
+``[3]`` runs, as in TF Serving), and TF's own error status codes (a genuinely incompatible feed is the
+kernel's INVALID_ARGUMENT, not INTERNAL). ``Session.make_callable(feed_list=...)`` is *not* that: in
+TF 2.21 it is a closure over the Python ``Session.run`` (about 5x the cost per call here).
 
 Classify/Regress/Predict validation follows classifier.cc, regressor.cc and predict_util.cc with
 ``--enable_signature_method_name_check=false`` (TF Serving's default), using their messages.
@@ -13,10 +21,12 @@ PredictionLog, at most 1000 records) is replayed before the version is reported 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,11 +35,13 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import text_format
 from tensorflow.core.framework import types_pb2
+from tensorflow.core.protobuf import config_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
 from deployer.model_server.batching import BatchScheduler
 from deployer.model_server.config import BatchingParameters
 from deployer.model_server.status import ServingError, code_from_number, invalid
+from deployer.model_server.tensors import array_dtype_enum, array_from_proto
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +132,25 @@ class _ClassifyPlan:
         self.has_scores = has_scores
 
 
+@dataclass(frozen=True)
+class PredictPlan:
+    """A validated Predict: feed aliases in feed order (sorted) and the aliases to fetch."""
+
+    signature: Signature
+    aliases: tuple[str, ...]
+    out_aliases: tuple[str, ...]
+
+
+Runner = Callable[[Sequence[np.ndarray]], list[Any]]
+RunKey = tuple[tuple[str, ...], tuple[str, ...]]
+
+# Callables made on first use (fetch sets from output_filter) are cached up to this many per version;
+# beyond it each such request makes and releases its own, so no client can grow memory without bound.
+MAX_CACHED_CALLABLES = 64
+# close() waits this long for runs in flight before closing the Session under them.
+DRAIN_SECONDS = 30.0
+
+
 class Servable:
     """A SavedModel version in its own tf.compat.v1 Graph and Session."""
 
@@ -142,9 +173,14 @@ class Servable:
             graph=self._graph, config=session_config(intra_op_threads, inter_op_threads)
         )
         self._lock = threading.Lock()
-        self._runners: dict[tuple[tuple[str, ...], tuple[str, ...]], Callable[[Sequence[np.ndarray]], list[Any]]] = {}
+        self._runners: dict[RunKey, Runner] = {}
         self._schedulers: list[BatchScheduler] = []
         self._classify_plans: dict[str, _ClassifyPlan] = {}
+        # Runs in flight, so that close() (an unload) lets them finish instead of cancelling them:
+        # TF Serving's unload likewise waits for every ServableHandle to be released.
+        self._in_flight = 0
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
         try:
             with self._graph.as_default():
                 meta_graph = tf.compat.v1.saved_model.loader.load(self._session, ["serve"], path)
@@ -165,38 +201,94 @@ class Servable:
             )
             for key, sig in meta_graph.signature_def.items()
         }
+        self._prepare_runners()
 
     # -- running -------------------------------------------------------------------------------
 
-    def _runner(self, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> Callable[[Sequence[np.ndarray]], list[Any]]:
+    def _prepare_runners(self) -> None:
+        """Make each signature's callables at load: its Predict fetch set and, if it has the shape of
+        one, its Classify or Regress fetch set. A signature whose tensors are not in the graph is left
+        to fail on use with TF's error, as TF Serving loads such a model and fails the request."""
+        keys: list[RunKey] = []
+        for key, sig in self.signatures.items():
+            keys.append(
+                (
+                    tuple(sig.inputs[a].name for a in sorted(sig.inputs)),
+                    tuple(sig.outputs[a].name for a in sorted(sig.outputs)),
+                )
+            )
+            proto = sig.proto
+            if len(proto.inputs) == 1 and "inputs" in proto.inputs:
+                with contextlib.suppress(ServingError):
+                    plan = self._classify_plan(key)
+                    keys.append(((plan.input_name,), tuple(plan.fetches)))
+                if len(proto.outputs) == 1 and "outputs" in proto.outputs:
+                    keys.append(((proto.inputs["inputs"].name,), (proto.outputs["outputs"].name,)))
+        for feeds, fetches in dict.fromkeys(keys):
+            try:
+                self._runner(feeds, fetches)
+            except ServingError as exc:
+                log.warning("%s:%d: cannot prepare a run of %s -> %s: %s", self.name, self.version, feeds, fetches, exc)
+
+    def _make_callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> Any:
+        options = config_pb2.CallableOptions(feed=feeds, fetch=fetches)
+        try:
+            return self._session._make_callable_from_options(options)
+        except tf.errors.OpError as exc:
+            raise map_tf_error(exc) from exc
+        except (KeyError, ValueError, TypeError, RuntimeError) as exc:
+            raise invalid(str(exc)) from exc
+
+    def _runner(self, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> Runner:
         key = (feeds, fetches)
         runner = self._runners.get(key)
         if runner is not None:
             return runner
         with self._lock:
             runner = self._runners.get(key)
-            if runner is None:
-                try:
-                    call = self._session.make_callable(list(fetches), feed_list=list(feeds))
-                except (KeyError, ValueError, TypeError) as exc:
-                    raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+            if runner is not None:
+                return runner
+            if len(self._runners) >= MAX_CACHED_CALLABLES:
+                return self._one_off_runner(feeds, fetches)
+            call = self._make_callable(feeds, fetches)
 
-                def direct(values: Sequence[np.ndarray], call: Any = call) -> list[Any]:
-                    return list(call(*values))
+            def direct(values: Sequence[np.ndarray], call: Any = call) -> list[Any]:
+                return list(call(*values))
 
-                runner = direct
-                if self._batching is not None:
-                    scheduler = BatchScheduler(self._batching, direct, f"{self.name}:{self.version}")
-                    self._schedulers.append(scheduler)
-                    runner = scheduler.submit
-                self._runners[key] = runner
+            runner = direct
+            if self._batching is not None:
+                scheduler = BatchScheduler(self._batching, direct, f"{self.name}:{self.version}")
+                self._schedulers.append(scheduler)
+                runner = scheduler.submit
+            self._runners[key] = runner
         return runner
 
+    def _one_off_runner(self, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> Runner:
+        def once(values: Sequence[np.ndarray]) -> list[Any]:
+            call = self._make_callable(feeds, fetches)
+            try:
+                return list(call(*values))
+            finally:
+                del call  # releases the C++ callable (Session::ReleaseCallable)
+
+        return once
+
     def run(self, feeds: tuple[str, ...], fetches: tuple[str, ...], values: Sequence[np.ndarray]) -> list[Any]:
+        with self._lock:
+            if self._closed:
+                raise ServingError(
+                    grpc.StatusCode.UNAVAILABLE, f"Servable {self.name} version {self.version} has been unloaded"
+                )
+            self._in_flight += 1
         try:
             return self._runner(feeds, fetches)(values)
         except tf.errors.OpError as exc:
             raise map_tf_error(exc) from exc
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                if not self._in_flight:
+                    self._idle.notify_all()
 
     # -- signatures ----------------------------------------------------------------------------
 
@@ -300,36 +392,34 @@ class Servable:
             raise invalid(f"Expected output Tensor of DT_FLOAT.  Got: {got}")
         return np.asarray(out).reshape(-1)
 
-    def predict(
-        self, signature_name: str, inputs: dict[str, np.ndarray], output_filter: Sequence[str] = ()
-    ) -> dict[str, np.ndarray]:
+    def predict_plan(
+        self, signature_name: str, dtypes: Mapping[str, int], output_filter: Sequence[str] = ()
+    ) -> PredictPlan:
+        """Validate a Predict before any input tensor is materialised: aliases, their DataType enums
+        (``dtypes``) and the output filter against the signature, with predict_util.cc's messages."""
         sig = self.signature(signature_name, predict=True)
-        for alias in inputs:
+        for alias in dtypes:
             if alias not in sig.inputs:
                 expected = ",".join(sorted(sig.inputs))
                 raise invalid(
                     f"input tensor alias not found in signature: {alias}. "
                     f"Inputs expected to be in the set {{{expected}}}."
                 )
-        missing = sorted(set(sig.inputs) - set(inputs))
+        missing = sorted(set(sig.inputs) - set(dtypes))
         if missing:
             raise invalid(
                 f"Request inputs do not match required inputs for model `{self.name}`. "
                 f"Send extra: {{}}. Missing but required: {{{','.join(missing)}}}."
             )
-        aliases = sorted(inputs)
-        values = []
+        aliases = tuple(sorted(dtypes))
         for index, alias in enumerate(aliases):
-            value = inputs[alias]
-            want = sig.inputs[alias].dtype
-            got = tf.dtypes.as_dtype(value.dtype).as_datatype_enum if value.dtype != np.object_ else types_pb2.DT_STRING
+            want, got = sig.inputs[alias].dtype, dtypes[alias]
             if got != want:
                 # DataTypeString: DT_FLOAT -> "float", as the C++ session reports it.
                 raise invalid(
                     f"Expects arg[{index}] to be {dtype_name(want)[3:].lower()} but "
                     f"{dtype_name(got)[3:].lower()} is provided"
                 )
-            values.append(value)
         seen: set[str] = set()
         for alias in output_filter:
             if alias not in sig.outputs:
@@ -341,11 +431,23 @@ class Servable:
             if alias in seen:
                 raise invalid(f"duplicate output tensor alias: {alias}")
             seen.add(alias)
-        out_aliases = list(output_filter) or sorted(sig.outputs)
+        # Sorted, so that every order of the same filter shares one callable.
+        return PredictPlan(sig, aliases, tuple(sorted(output_filter or sig.outputs)))
+
+    def run_predict(self, plan: PredictPlan, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        sig = plan.signature
         outputs = self.run(
-            tuple(sig.inputs[a].name for a in aliases), tuple(sig.outputs[a].name for a in out_aliases), values
+            tuple(sig.inputs[a].name for a in plan.aliases),
+            tuple(sig.outputs[a].name for a in plan.out_aliases),
+            [inputs[a] for a in plan.aliases],
         )
-        return {alias: np.asarray(value) for alias, value in zip(out_aliases, outputs, strict=True)}
+        return {alias: np.asarray(value) for alias, value in zip(plan.out_aliases, outputs, strict=True)}
+
+    def predict(
+        self, signature_name: str, inputs: dict[str, np.ndarray], output_filter: Sequence[str] = ()
+    ) -> dict[str, np.ndarray]:
+        dtypes = {alias: array_dtype_enum(value) for alias, value in inputs.items()}
+        return self.run_predict(self.predict_plan(signature_name, dtypes, output_filter), inputs)
 
     # -- warmup --------------------------------------------------------------------------------
 
@@ -369,13 +471,24 @@ class Servable:
                 self.regress(req.model_spec.signature_name, req.input)
             elif kind == "predict_log":
                 req = entry.predict_log.request
-                arrays = {alias: tf.make_ndarray(t) for alias, t in req.inputs.items()}
-                self.predict(req.model_spec.signature_name, arrays, list(req.output_filter))
+                dtypes = {alias: int(t.dtype) for alias, t in req.inputs.items()}
+                plan = self.predict_plan(req.model_spec.signature_name, dtypes, list(req.output_filter))
+                arrays = {alias: array_from_proto(alias, t) for alias, t in req.inputs.items()}
+                self.run_predict(plan, arrays)
             else:
                 raise invalid(f"Unsupported log_type for warmup: {kind}")
         return len(records)
 
     def close(self) -> None:
+        """Unload: wait (bounded) for runs in flight, then release the batch threads and the Session."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        with self._lock:
+            self._closed = True
+            while self._in_flight and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(left)
+            if self._in_flight:
+                log.warning("%s:%d: closing with %d runs still in flight", self.name, self.version, self._in_flight)
+            self._runners.clear()
         for scheduler in self._schedulers:
             scheduler.close()
         self._session.close()

@@ -5,6 +5,7 @@ The test bodies are not copied: each class below adopts one module of the local 
 * ``TestApi``       <- ``tests/grpc/test_model_server_api.py``
 * ``TestLifecycle`` <- ``tests/grpc/test_model_server_lifecycle.py``
 * ``TestBatching``  <- ``tests/grpc/test_model_server_batching.py``
+* ``TestFeeds``     <- ``tests/grpc/test_model_server_feeds.py``
 
 and this module's ``model_server`` fixture replaces the local one: every server is a container of
 ``deployer/model-server-compat:<version>`` started through the image's entrypoint (flags appended to
@@ -50,6 +51,7 @@ from deployer.manifest import ContainerSettings
 from deployer.runtime.docker import DockerRuntime
 from tests.grpc import test_model_server_api as api_suite
 from tests.grpc import test_model_server_batching as batching_suite
+from tests.grpc import test_model_server_feeds as feeds_suite
 from tests.grpc import test_model_server_lifecycle as lifecycle_suite
 from tests.grpc.conftest import STARTUP_TIMEOUT
 
@@ -311,10 +313,17 @@ def _adopt(module: types.ModuleType, name: str) -> type:
 TestApi = _adopt(api_suite, "TestApi")
 TestLifecycle = _adopt(lifecycle_suite, "TestLifecycle")
 TestBatching = _adopt(batching_suite, "TestBatching")
+TestFeeds = _adopt(feeds_suite, "TestFeeds")
 
 
 def test_adopted_suites_are_complete() -> None:
     """Nothing of the local suite is silently dropped: every local test has its image counterpart."""
-    for module, cls in ((api_suite, TestApi), (lifecycle_suite, TestLifecycle), (batching_suite, TestBatching)):
+    adopted = (
+        (api_suite, TestApi),
+        (lifecycle_suite, TestLifecycle),
+        (batching_suite, TestBatching),
+        (feeds_suite, TestFeeds),
+    )
+    for module, cls in adopted:
         local = {a for a, o in vars(module).items() if a.startswith(("test_", "Test")) and callable(o)}
         assert local == {a for a in vars(cls) if a.startswith(("test_", "Test"))}, module.__name__

@@ -28,6 +28,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
+from deployer.model_server.limits import MAX_REQUEST_BYTES
 from deployer.model_server.manager import ServerCore
 from deployer.model_server.metrics import Metrics
 from deployer.model_server.servable import DEFAULT_SIGNATURE
@@ -248,14 +249,43 @@ class ModelServicer(_Base, model_service_pb2_grpc.ModelServiceServicer):  # type
         return response
 
 
-def start_grpc_server(core: ServerCore, metrics: Metrics, host: str, port: int, workers: int) -> Any:
+def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
+    """``--grpc_channel_arguments`` as server.cc reads it: ``k=v,k=v``; a value that parses as int32 is an int."""
+    arguments: list[tuple[str, int | str]] = []
+    for item in text.split(","):
+        key, eq, value = item.partition("=")
+        if not item.strip() or not eq:
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            arguments.append((key.strip(), value))
+            continue
+        arguments.append((key.strip(), number if -(2**31) <= number < 2**31 else value))
+    return arguments
+
+
+def max_request_bytes(arguments: list[tuple[str, int | str]]) -> int:
+    """The request-size cap of both APIs: limits.MAX_REQUEST_BYTES unless the channel arguments set one."""
+    for key, value in arguments:
+        if key == "grpc.max_receive_message_length" and isinstance(value, int) and value > 0:
+            return value
+    return MAX_REQUEST_BYTES
+
+
+def start_grpc_server(
+    core: ServerCore, metrics: Metrics, host: str, port: int, workers: int, channel_arguments: str = ""
+) -> Any:
+    extra = parse_channel_arguments(channel_arguments)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
         options=[
-            # main.cc: builder.SetMaxMessageSize(kint32max)
-            ("grpc.max_receive_message_length", 2**31 - 1),
+            # main.cc sets SetMaxMessageSize(kint32max); ours is limits.MAX_REQUEST_BYTES for requests
+            # (RESOURCE_EXHAUSTED before the message is parsed), unless the channel arguments raise it.
+            ("grpc.max_receive_message_length", max_request_bytes(extra)),
             ("grpc.max_send_message_length", 2**31 - 1),
             ("grpc.so_reuseport", 0),
+            *[(key, value) for key, value in extra if key != "grpc.max_receive_message_length"],
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(core, metrics), server)

@@ -40,7 +40,7 @@ FLAGS: dict[str, _Flag] = {
     "port": _Flag(int, 8500, "gRPC port"),
     "rest_api_port": _Flag(int, 0, "REST port; 0 disables REST"),
     "rest_api_timeout_in_ms": _Flag(int, 30000, "REST request timeout"),
-    "rest_api_num_threads": _Flag(int, 0, "REST threads (a thread per connection here)", ignored=True),
+    "rest_api_num_threads": _Flag(int, 0, "REST handler threads; 0 = 4 per CPU"),
     "model_name": _Flag(str, "default", "model name when --model_config_file is not set"),
     "model_base_path": _Flag(str, "", "model base path when --model_config_file is not set"),
     "model_config_file": _Flag(str, "", "ASCII ModelServerConfig"),
@@ -58,7 +58,7 @@ FLAGS: dict[str, _Flag] = {
     "num_unload_threads": _Flag(int, 0, "unloads are serial here", ignored=True),
     "max_num_load_retries": _Flag(int, 5, "failed loads are not retried here", ignored=True),
     "load_retry_interval_micros": _Flag(int, 60000000, "failed loads are not retried here", ignored=True),
-    "grpc_channel_arguments": _Flag(str, "", "gRPC server channel arguments", ignored=True),
+    "grpc_channel_arguments": _Flag(str, "", "gRPC server channel arguments k=v,k=v"),
     "enable_signature_method_name_check": _Flag(bool, False, "only false is supported"),
     "saved_model_tags": _Flag(str, "serve", "only 'serve' is supported"),
     "per_process_gpu_memory_fraction": _Flag(float, 0.0, "no GPU here", ignored=True),
@@ -188,7 +188,7 @@ def _run(flags: dict[str, Any]) -> int:
     except OSError as exc:
         raise _StartupError(f"{exc.filename}: {exc.strerror}") from exc
 
-    from deployer.model_server.grpc_api import start_grpc_server
+    from deployer.model_server.grpc_api import max_request_bytes, parse_channel_arguments, start_grpc_server
     from deployer.model_server.manager import ServerCore
     from deployer.model_server.metrics import Metrics
     from deployer.model_server.rest_api import RestApi, start_rest_server
@@ -242,7 +242,7 @@ def _run(flags: dict[str, Any]) -> int:
     host = os.environ.get("DEPLOYER_MODEL_SERVER_HOST", "127.0.0.1")
     workers = flags["grpc_max_threads"] or max(8, 4 * (os.cpu_count() or 1))
     try:
-        grpc_server = start_grpc_server(core, metrics, host, flags["port"], workers)
+        grpc_server = start_grpc_server(core, metrics, host, flags["port"], workers, flags["grpc_channel_arguments"])
     except (OSError, RuntimeError) as exc:
         core.stop()
         raise _StartupError(f"cannot listen on {host}:{flags['port']}: {exc}") from exc
@@ -258,7 +258,13 @@ def _run(flags: dict[str, Any]) -> int:
             prometheus = monitoring.prometheus_path if monitoring.prometheus_enable else None
             api = RestApi(core, metrics, prometheus, flags["rest_api_timeout_in_ms"])
             try:
-                rest_server = start_rest_server(api, host, flags["rest_api_port"])
+                rest_server = start_rest_server(
+                    api,
+                    host,
+                    flags["rest_api_port"],
+                    flags["rest_api_num_threads"],
+                    max_request_bytes(parse_channel_arguments(flags["grpc_channel_arguments"])),
+                )
             except OSError as exc:
                 grpc_server.stop(0)
                 core.stop()

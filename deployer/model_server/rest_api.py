@@ -1,4 +1,4 @@
-"""TF Serving's REST API (http_rest_api_handler.cc, json_tensor.cc) on a stdlib ThreadingHTTPServer.
+"""TF Serving's REST API (http_rest_api_handler.cc, json_tensor.cc) on waitress (see "the transport" below).
 
 - GET ``/v1/models/{m}[/versions/{v}|/labels/{l}]`` → model status (``/labels/l`` ignored, as upstream);
   ``.../metadata`` → model metadata.
@@ -15,12 +15,16 @@ only the time a request waits in a batching queue.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
+import os
 import re
+import resource
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 import grpc
@@ -29,8 +33,20 @@ import tensorflow as tf
 from google.protobuf import json_format
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow_serving.apis import classification_pb2, get_model_metadata_pb2, regression_pb2
+from waitress import wasyncore
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import TcpWSGIServer
+from waitress.task import ErrorTask, ThreadedTaskDispatcher
 
 from deployer.model_server import grpc_api
+from deployer.model_server.limits import (
+    MAX_REQUEST_BYTES,
+    REST_IDLE_SECONDS,
+    REST_MAX_CONNECTIONS,
+    REST_MAX_HEADER_BYTES,
+    REST_READ_SECONDS,
+)
 from deployer.model_server.manager import STATE_NAMES, ServerCore
 from deployer.model_server.metrics import Metrics
 from deployer.model_server.status import HTTP_STATUS, ServingError, invalid
@@ -350,38 +366,142 @@ def grpc_code_name(number: int) -> str:
     return "OK" if number == 0 else str(code_from_number(number).name)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    api: RestApi
-    protocol_version = "HTTP/1.1"
-    server_version = "deployer-model-server"
-
-    def _serve(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        path = self.path.split("?", 1)[0]
-        status, content_type, payload = self.api.handle(method, path, body)
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("REST %s", format % args)
+# -- the transport ----------------------------------------------------------------------------------
+#
+# waitress (a pinned runtime dependency): one asyncore I/O thread reads whole requests and writes whole
+# responses; a fixed pool of threads runs the handler. So an idle or half-open connection costs a
+# socket, not a thread (1,000 idle connections used to be 1,000 threads), bad or oversized
+# Content-Length headers get 400/413 from its parser (they used to drop the connection with a traceback
+# in the log), keep-alive is HTTP/1.1's, and TCP_NODELAY is set on every connection (headers and body
+# written separately with Nagle on used to wait ~40 ms for the client's delayed ACK).
 
 
-def start_rest_server(api: RestApi, host: str, port: int) -> ThreadingHTTPServer:
-    handler = type("Handler", (_Handler,), {"api": api})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="rest", daemon=True).start()
-    return server
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Unknown"
 
 
-__all__ = ["RestApi", "example_from_json", "fill_input_from_json", "grpc", "start_rest_server"]
+class _JsonErrorTask(ErrorTask):  # type: ignore[misc]
+    """waitress's own errors (bad Content-Length, too large, bad request line) as TF Serving's JSON error."""
+
+    def execute(self) -> None:
+        error = self.request.error
+        self.status = f"{error.code} {error.reason}"
+        self.response_headers.append(("Content-Type", "application/json"))
+        self.set_close_on_finish()
+        body = json.dumps({"error": f"{error.reason}: {error.body}"}).encode("utf-8")
+        self.content_length = len(body)
+        self.write(body)
+
+
+class _Channel(HTTPChannel):  # type: ignore[misc]
+    error_task_class = _JsonErrorTask
+
+
+class _Server(TcpWSGIServer):  # type: ignore[misc]
+    """waitress's TCP server, closing connections whose request does not arrive whole in time."""
+
+    channel_class = _Channel
+
+    def __init__(self, *args: Any, read_seconds: float, **kwargs: Any) -> None:
+        self._read_seconds = read_seconds
+        # channel -> (request parser in progress, when it was first seen): the parser object changes
+        # with every request, so a connection that keeps completing requests is never cut.
+        self._reading: dict[int, tuple[int, float]] = {}
+        super().__init__(*args, **kwargs)
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # idle connections (channel_timeout)
+        reading: dict[int, tuple[int, float]] = {}
+        for fd, channel in list(self.active_channels.items()):
+            request = getattr(channel, "request", None)
+            if request is None or channel.requests:
+                continue
+            seen_request, since = self._reading.get(fd, (id(request), now))
+            if seen_request != id(request):
+                since = now
+            if now - since > self._read_seconds:
+                channel.will_close = True
+            else:
+                reading[fd] = (id(request), since)
+        self._reading = reading
+
+
+class RestServer:
+    """The REST API served by waitress on a background thread."""
+
+    def __init__(self, api: RestApi, host: str, port: int, threads: int, max_request_bytes: int) -> None:
+        self.api = api
+        connections = _connection_limit()
+        adjustments = Adjustments(
+            host=host,
+            port=port,
+            threads=threads,
+            connection_limit=connections,
+            backlog=1024,
+            channel_timeout=int(max(1, REST_IDLE_SECONDS)),
+            # maintenance (idle and read deadlines) runs this often
+            cleanup_interval=max(1, int(min(REST_IDLE_SECONDS, REST_READ_SECONDS) / 4)),
+            max_request_body_size=max_request_bytes,
+            max_request_header_size=REST_MAX_HEADER_BYTES,
+            asyncore_use_poll=True,  # select() stops at fd 1024
+            ident="deployer-model-server",
+            expose_tracebacks=False,
+            log_socket_errors=False,
+        )
+        dispatcher = ThreadedTaskDispatcher()
+        dispatcher.set_thread_count(threads)
+        self._map: dict[int, Any] = {}
+        self._server = _Server(
+            self._wsgi,
+            self._map,
+            dispatcher=dispatcher,
+            adj=adjustments,
+            sockinfo=adjustments.listen[0],
+            read_seconds=REST_READ_SECONDS,
+        )
+        self.port = int(self._server.effective_port)
+        self._thread = threading.Thread(target=self._server.run, name="rest-io", daemon=True)
+        self._thread.start()
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        # The raw request target, as TF Serving matches it (PATH_INFO is percent-decoded).
+        path = str(environ.get("REQUEST_URI") or environ.get("PATH_INFO") or "/").split("?", 1)[0]
+        status, content_type, payload = self.api.handle(environ["REQUEST_METHOD"], path, body)
+        start_response(
+            f"{status} {_reason(status)}", [("Content-Type", content_type), ("Content-Length", str(len(payload)))]
+        )
+        return [payload]
+
+    def shutdown(self) -> None:
+        self._server.task_dispatcher.shutdown(cancel_pending=True, timeout=5)
+        wasyncore.close_all(self._map)
+        self._thread.join(timeout=5)
+
+
+def _connection_limit() -> int:
+    """REST_MAX_CONNECTIONS, after raising the open-file limit as far as allowed (as Go's runtime does)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = REST_MAX_CONNECTIONS + 1024  # gRPC, model files and the process's own
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY:
+        return REST_MAX_CONNECTIONS
+    return max(16, min(REST_MAX_CONNECTIONS, soft - 1024))
+
+
+def start_rest_server(
+    api: RestApi, host: str, port: int, threads: int = 0, max_request_bytes: int = MAX_REQUEST_BYTES
+) -> RestServer:
+    """``threads`` 0 = TF Serving's default for --rest_api_num_threads (4 per CPU)."""
+    return RestServer(api, host, port, threads if threads > 0 else 4 * (os.cpu_count() or 1), max_request_bytes)
+
+
+__all__ = ["RestApi", "RestServer", "example_from_json", "fill_input_from_json", "grpc", "start_rest_server"]

@@ -228,7 +228,8 @@ class Servable:
             try:
                 self._runner(feeds, fetches)
             except ServingError as exc:
-                log.warning("%s:%d: cannot prepare a run of %s -> %s: %s", self.name, self.version, feeds, fetches, exc)
+                # e.g. TF2's "__saved_model_init_op" signature, whose output is an operation, not a tensor.
+                log.debug("%s:%d: no callable for %s -> %s: %s", self.name, self.version, feeds, fetches, exc)
 
     def _make_callable(self, feeds: tuple[str, ...], fetches: tuple[str, ...]) -> Any:
         options = config_pb2.CallableOptions(feed=feeds, fetch=fetches)

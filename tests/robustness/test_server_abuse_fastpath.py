@@ -214,9 +214,10 @@ def _huge_claim(alias: str, dtype: int) -> object:
     request.model_spec.name = "iris"
     request.model_spec.signature_name = "predict"
     tensor = tensor_pb2.TensorProto(dtype=dtype)
-    tensor.tensor_shape.dim.add(size=2**25)  # x 4 float32 = 512 MiB
+    tensor.tensor_shape.dim.add(size=2**25)  # x 4 float32 = 512 MiB (1 GiB as double)
     tensor.tensor_shape.dim.add(size=4)
-    tensor.float_val.append(1.0)
+    # one value, filled in across the whole shape by TF's rules
+    (tensor.double_val if dtype == 2 else tensor.float_val).append(1.0)
     request.inputs[alias].CopyFrom(tensor)
     return request
 
@@ -234,6 +235,8 @@ def test_tiny_request_claiming_a_huge_tensor_is_refused_before_allocation(
 ) -> None:
     request = _huge_claim(alias, dtype)
     assert request.ByteSize() < 64  # type: ignore[attr-defined]
+    # Reset the server's peak RSS (VmHWM) to its current RSS, so each case measures only itself.
+    Path(f"/proc/{server.process.pid}/clear_refs").write_text("5")
     peak_before = _status(server.process.pid, "VmHWM")
     with pytest.raises(grpc.RpcError) as info:
         _predict_stub(server).Predict(request, timeout=30)  # type: ignore[attr-defined]
@@ -258,13 +261,14 @@ def test_request_above_the_size_cap_is_resource_exhausted(server: RunningServer)
     tensor.tensor_shape.dim.add(size=rows)
     tensor.tensor_shape.dim.add(size=4)
     request.inputs["features"].CopyFrom(tensor)
-    with grpc.insecure_channel(
-        server.target, options=[("grpc.max_send_message_length", 2 * MAX_REQUEST_BYTES)]
-    ) as channel:
+    # The client accepts messages of any size both ways: only the server may refuse this one.
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    with grpc.insecure_channel(server.target, options=options) as channel:
         from tensorflow_serving.apis import prediction_service_pb2_grpc
 
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
         with pytest.raises(grpc.RpcError) as info:
             stub.Predict(request, timeout=60)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+    assert "larger than max" in info.value.details()  # type: ignore[attr-defined]
     _classify_ok(server)

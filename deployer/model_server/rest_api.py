@@ -8,8 +8,8 @@
   decimal/exponent number → float_list. NaN/Infinity are read and written as bare tokens.
 
 Ours, not TF Serving's: JSON parse error texts come from Python's json module; paths outside
-``/v1/`` and the metrics path get 404 with a JSON error body; ``--rest_api_timeout_in_ms`` bounds
-only the time a request waits in a batching queue.
+``/v1/`` and the metrics path get 404 with a JSON error body; ``--rest_api_timeout_in_ms`` is
+accepted but not enforced.
 """
 
 from __future__ import annotations

@@ -172,7 +172,8 @@ class Servable:
         self._session = tf.compat.v1.Session(
             graph=self._graph, config=session_config(intra_op_threads, inter_op_threads)
         )
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # runs in flight and the closed flag
+        self._make_lock = threading.Lock()  # making callables (can take a while: not under self._lock)
         self._runners: dict[RunKey, Runner] = {}
         self._schedulers: list[BatchScheduler] = []
         self._classify_plans: dict[str, _ClassifyPlan] = {}
@@ -245,7 +246,7 @@ class Servable:
         runner = self._runners.get(key)
         if runner is not None:
             return runner
-        with self._lock:
+        with self._make_lock:
             runner = self._runners.get(key)
             if runner is not None:
                 return runner
@@ -481,7 +482,7 @@ class Servable:
         return len(records)
 
     def close(self) -> None:
-        """Unload: wait (bounded) for runs in flight, then release the batch threads and the Session."""
+        """Unload: wait (bounded) for runs in flight, then close the batch queues and the Session."""
         deadline = time.monotonic() + DRAIN_SECONDS
         with self._lock:
             self._closed = True
@@ -489,7 +490,8 @@ class Servable:
                 self._idle.wait(left)
             if self._in_flight:
                 log.warning("%s:%d: closing with %d runs still in flight", self.name, self.version, self._in_flight)
-            self._runners.clear()
+        with self._make_lock:
+            self._runners.clear()  # releases the callables while the Session is still open
         for scheduler in self._schedulers:
             scheduler.close()
         self._session.close()

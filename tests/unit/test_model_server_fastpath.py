@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -134,3 +135,26 @@ def test_a_failed_batch_fails_every_request_in_it() -> None:
         for future in futures:
             with pytest.raises(ServingError, match="boom"):
                 future.result(timeout=10)
+
+
+def test_unloading_lets_runs_in_flight_finish(tmp_path: Path) -> None:
+    """A request queued (here: in a batch window) when its version is unloaded is answered, not cancelled."""
+    from tensorflow_serving.apis import input_pb2
+
+    from deployer.model_server.servable import Servable
+    from tests.savedmodels import IRIS_ROWS, example_bytes, write_model
+
+    params = BatchingParameters(max_batch_size=8, batch_timeout_micros=3_000_000, num_batch_threads=1)
+    servable = Servable("iris", 1, str(write_model(tmp_path / "iris", 1)), batching=params)
+    request = input_pb2.Input()
+    request.example_list.examples.add().ParseFromString(example_bytes(IRIS_ROWS[2]))
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(servable.classify, "", request)
+        time.sleep(0.3)  # queued, waiting out the batch window
+        servable.close()
+        classes, scores = pending.result(timeout=30)
+    assert classes is not None and scores is not None
+    assert classes[0][int(np.argmax(scores[0]))] == b"2"
+    with pytest.raises(ServingError) as info:
+        servable.classify("", request)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE

@@ -23,6 +23,7 @@ import re
 import resource
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -407,25 +408,26 @@ class _Server(TcpWSGIServer):  # type: ignore[misc]
 
     def __init__(self, *args: Any, read_seconds: float, **kwargs: Any) -> None:
         self._read_seconds = read_seconds
-        # channel -> (request parser in progress, when it was first seen): the parser object changes
-        # with every request, so a connection that keeps completing requests is never cut.
-        self._reading: dict[int, tuple[int, float]] = {}
+        # channel fd -> (the request parser in progress, weakly, and when it was first seen). A new
+        # request has a new parser, so a connection that keeps completing requests is never cut; the
+        # weak reference cannot be confused with a later parser that reuses the id or the fd.
+        self._reading: dict[int, tuple[weakref.ref[Any], float]] = {}
         super().__init__(*args, **kwargs)
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)  # idle connections (channel_timeout)
-        reading: dict[int, tuple[int, float]] = {}
+        reading: dict[int, tuple[weakref.ref[Any], float]] = {}
         for fd, channel in list(self.active_channels.items()):
             request = getattr(channel, "request", None)
             if request is None or channel.requests:
                 continue
-            seen_request, since = self._reading.get(fd, (id(request), now))
-            if seen_request != id(request):
+            seen, since = self._reading.get(fd, (None, now))
+            if seen is None or seen() is not request:
                 since = now
             if now - since > self._read_seconds:
                 channel.will_close = True
             else:
-                reading[fd] = (id(request), since)
+                reading[fd] = (weakref.ref(request), since)
         self._reading = reading
 
 
@@ -453,6 +455,9 @@ class RestServer:
         )
         dispatcher = ThreadedTaskDispatcher()
         dispatcher.set_thread_count(threads)
+        # waitress warns "Task queue depth is N" whenever a request waits for a free handler thread:
+        # under load that is every request, and a busy server is not a fault worth a log line each.
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
         self._map: dict[int, Any] = {}
         self._server = _Server(
             self._wsgi,

@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 MANIFEST ?= manifests/iris.yaml
 
-.PHONY: docker-ready install tools up test test-unit test-grpc test-docker bench bench-promote lint image deploy down clean
+.PHONY: docker-ready install tools up test test-unit test-grpc test-docker test-robustness bench bench-promote lint image deploy down clean
 
 # Idempotent: a second run costs one interpreter check; a .venv of the wrong Python is rebuilt.
 install:
@@ -45,6 +45,11 @@ test-grpc: install
 
 test-docker: install image
 	$(BIN)/python -m pytest -ra tests/docker
+
+# Fuzzing, abuse against real servers, kill -9 fault injection, umask 000; ends with a
+# "robustness: N cases tried, M passed" line. Part of `make test` (and so of .ci/run) too.
+test-robustness: install
+	$(BIN)/python -m pytest -ra tests/robustness
 
 lint: install
 	$(BIN)/ruff check deployer tests models

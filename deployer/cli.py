@@ -30,6 +30,7 @@ class _Group(click.Group):
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False
         try:
+            _refuse_nul_arguments(args[0] if args else kwargs.get("args"))
             result = super().main(*args, **kwargs)
         except (_Interrupted, KeyboardInterrupt):
             click.echo("deployer: interrupted", err=True)
@@ -40,9 +41,14 @@ class _Group(click.Group):
         except click.exceptions.Abort:
             click.echo("deployer: aborted", err=True)
             sys.exit(INTERRUPTED_EXIT_CODE)
-        except click.ClickException as exc:
-            # Usage errors from click itself (unknown option, missing argument) share exit code 2.
+        except click.exceptions.NoArgsIsHelpError as exc:
+            # `deployer` alone: the help is the useful answer, not an error line.
             exc.show()
+            sys.exit(UsageError.exit_code)
+        except click.ClickException as exc:
+            # Usage errors from click itself (unknown option, missing argument, bad value) share exit code 2
+            # and our one-line format; click's own three lines (Usage/Try/Error) are not what we promise.
+            click.echo(f"deployer: error: {_click_message(exc)}", err=True)
             sys.exit(UsageError.exit_code)
         except Exception as exc:  # the one boundary for the unexpected: no traceback unless asked for
             click.echo(f"deployer: unexpected error: {type(exc).__name__}: {exc}", err=True)
@@ -55,6 +61,24 @@ class _Group(click.Group):
         if isinstance(result, int):
             sys.exit(result)
         sys.exit(0)
+
+
+def _refuse_nul_arguments(args: Any) -> None:
+    """A NUL byte cannot reach the OS in a path; name the argument instead of failing deep inside."""
+    for index, arg in enumerate(args if isinstance(args, list | tuple) else sys.argv[1:], start=1):
+        if isinstance(arg, str) and "\0" in arg:
+            raise UsageError(f"argument {index} ({arg.split(chr(0))[0]!r}...) contains a NUL byte")
+
+
+def _click_message(exc: click.ClickException) -> str:
+    message = " ".join(exc.format_message().split()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return message
+    # The command path as the user typed it ("deployer up"), whatever name the script was run under.
+    command = " ".join(["deployer", *ctx.command_path.split()[1:]])
+    sub = command.removeprefix("deployer").strip()
+    return f"{sub + ': ' if sub else ''}{message} (see `{command} --help`)"
 
 
 def _report(exc: DeployerError) -> None:

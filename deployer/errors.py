@@ -46,6 +46,11 @@ class InputDataError(UsageError):
     """Prediction input (CSV/JSON/--example) is malformed."""
 
 
+class UnsafeStateError(UsageError):
+    """The state directory or a file in it is unsafe to use: a symlink, a FIFO, another user's, writable by
+    others, a foreign non-empty directory, or not a directory at all."""
+
+
 class RuntimeUnavailable(DeployerError):
     """The server runtime cannot be used: daemon unreachable, image missing, binary missing."""
 

@@ -107,6 +107,51 @@ def _check_once(
     return _Check(True, "", statuses=statuses)
 
 
+def divergence(
+    client: ServingClient,
+    wanted: Mapping[str, Collection[int]],
+    labels: Mapping[str, Mapping[str, int]],
+    *,
+    rpc_timeout: float = RPC_TIMEOUT_S,
+) -> str | None:
+    """How a running server's live state differs from the config it should serve; None when it matches
+    or does not answer (then there is nothing to compare, and the health wait says why).
+
+    TF Serving has no "get config" RPC, so the live config is read back from what it serves: every
+    wanted version AVAILABLE, no other version AVAILABLE, every label resolving to its version. An
+    outside HandleReloadConfigRequest (anyone who reaches the gRPC port can send one) shows up here.
+    """
+    try:
+        for model, versions in wanted.items():
+            try:
+                found = client.model_status(model, timeout=rpc_timeout)
+            except ServerRequestError as exc:
+                if exc.code == "NOT_FOUND":
+                    return f"model {model} is not served"
+                raise
+            available = {s.version for s in found if s.available}
+            missing = sorted(set(versions) - available)
+            extra = sorted(available - set(versions))
+            if missing:
+                return f"model {model}: version(s) {missing} not AVAILABLE"
+            if extra:
+                return f"model {model}: version(s) {extra} served but not in the config"
+        for model, model_labels in labels.items():
+            for label, version in sorted(model_labels.items()):
+                try:
+                    meta = client.metadata(model, label=label, timeout=rpc_timeout)
+                except ServerRequestError as exc:
+                    if exc.code in ("NOT_FOUND", "INVALID_ARGUMENT", "FAILED_PRECONDITION"):
+                        return f"model {model}: label {label} does not resolve"
+                    raise
+                served = int(meta.get("model_spec", {}).get("version", 0) or 0)
+                if served != version:
+                    return f"model {model}: label {label} resolves to {served or 'nothing'}, not {version}"
+    except ServerRequestError:
+        return None
+    return None
+
+
 def _exit_message(state: ProcessState) -> str:
     code = "unknown exit code" if state.exit_code is None else f"exit code {state.exit_code}"
     detail = f", {state.detail}" if state.detail and state.detail not in ("exited", "running") else ""

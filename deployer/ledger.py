@@ -4,6 +4,13 @@ Every promotion or rollback that reached a decision appends exactly one line (ok
 rolled_back). Writers hold a file lock around the append so lines from concurrent processes never
 interleave; readers tolerate a torn last line (a crash mid-write) and skip it instead of refusing
 the whole history.
+
+The ledger never lags the served state: before a promotion moves a label it appends an *intent*
+(result ``pending``, with the promotion's ``id``), and its final line carries the same id. A process
+killed in between leaves a dangling intent, which is settled from ``models.config`` (the deployment's
+truth, written before every reload): if the label there points at the intent's target, the move
+happened (``ok``), otherwise it did not (``failed``). ``history`` settles in memory; the next
+promotion settles on disk, under the state lock, before it reads the history for itself.
 """
 
 from __future__ import annotations
@@ -12,18 +19,26 @@ import getpass
 import json
 import os
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from filelock import FileLock, Timeout
 
+from deployer import safe_io
 from deployer.errors import DeployerError
 
-Result = Literal["ok", "failed", "rolled_back"]
+Result = Literal["ok", "failed", "rolled_back", "pending"]
 Kind = Literal["promote", "rollback"]
-RESULTS: tuple[Result, ...] = ("ok", "failed", "rolled_back")
+RESULTS: tuple[Result, ...] = ("ok", "failed", "rolled_back", "pending")
+PENDING: Result = "pending"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
 
 # Appends take milliseconds; a lock held this long means a wedged process, not contention.
 _LOCK_TIMEOUT_S = 30.0
@@ -58,6 +73,7 @@ class LedgerEntry:
     smoke: dict[str, Any] = field(default_factory=dict)
     durations: dict[str, float] = field(default_factory=dict)
     pid: int = 0
+    id: str = ""  # shared by a promotion's intent and its final line
 
     @property
     def iso_time(self) -> str:
@@ -79,6 +95,7 @@ class LedgerEntry:
             "smoke": self.smoke,
             "durations": {k: round(v, 3) for k, v in self.durations.items()},
             "pid": self.pid,
+            "id": self.id,
         }
 
     @classmethod
@@ -102,6 +119,7 @@ class LedgerEntry:
             smoke=dict(data.get("smoke") or {}),
             durations={str(k): float(v) for k, v in (data.get("durations") or {}).items()},
             pid=int(data.get("pid", 0)),
+            id=str(data.get("id", "")),
         )
 
 
@@ -112,20 +130,27 @@ class History:
     skipped_lines: list[int]
 
 
+# Who answers "where does this label point now" (from models.config) and "is that pid still promoting".
+LabelNow = Callable[[str, str], int | None]
+InProgress = Callable[[int], bool]
+
+
 class Ledger:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._lock = FileLock(str(path) + ".lock", timeout=_LOCK_TIMEOUT_S)
+        self._lock = FileLock(str(path) + ".lock", timeout=_LOCK_TIMEOUT_S, mode=safe_io.PRIVATE_FILE)
 
     def append(self, entry: LedgerEntry) -> None:
         line = json.dumps(entry.to_json(), sort_keys=False, separators=(",", ":")) + "\n"
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.parent.is_dir():
+                safe_io.make_dirs(self.path.parent, safe_io.PRIVATE_DIR)
             with self._lock:
-                self._repair_torn_tail()
-                # O_APPEND plus fsync: the line is whole and durable before the promotion reports success.
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                # O_NOFOLLOW: a symlink planted as the ledger must not get our lines appended to its target.
+                fd = safe_io.open_nofollow(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, safe_io.PRIVATE_FILE)
                 try:
+                    self._repair_torn_tail(fd)
+                    # O_APPEND plus fsync: the line is whole and durable before the promotion reports success.
                     os.write(fd, line.encode("utf-8"))
                     os.fsync(fd)
                 finally:
@@ -136,28 +161,26 @@ class Ledger:
                 hint=f"a deployer process may be stuck; check {self.path}.lock",
             ) from None
         except OSError as exc:
-            raise DeployerError(f"cannot append to the ledger {self.path}: {exc.strerror}") from None
+            raise DeployerError(f"cannot append to the ledger {self.path}: {exc.strerror or exc}") from None
 
-    def _repair_torn_tail(self) -> None:
+    @staticmethod
+    def _repair_torn_tail(fd: int) -> None:
         """Terminate a line torn by a crash, so the next entry starts on its own line and stays readable."""
-        try:
-            with self.path.open("rb") as handle:
-                handle.seek(0, os.SEEK_END)
-                if handle.tell() == 0:
-                    return
-                handle.seek(-1, os.SEEK_END)
-                last = handle.read(1)
-        except FileNotFoundError:
+        size = os.fstat(fd).st_size
+        if size == 0:
             return
-        if last != b"\n":
-            with self.path.open("ab") as handle:
-                handle.write(b"\n")
+        if os.pread(fd, 1, size - 1) != b"\n":
+            os.write(fd, b"\n")
 
     def read(self) -> History:
+        """Every decided entry, plus intents that have no final line yet (result ``pending``)."""
         try:
-            text = self.path.read_text(encoding="utf-8", errors="replace")
+            fd = safe_io.open_nofollow(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return History(entries=[], skipped_lines=[])
+        try:
+            with os.fdopen(fd, "rb") as handle:
+                text = handle.read().decode("utf-8", errors="replace")
         except OSError as exc:
             raise DeployerError(f"cannot read the ledger {self.path}: {exc.strerror}") from None
         entries: list[LedgerEntry] = []
@@ -172,10 +195,49 @@ class Ledger:
                 entries.append(LedgerEntry.from_json(data))
             except (ValueError, KeyError, TypeError):
                 skipped.append(number)
+        decided = {e.id for e in entries if e.id and e.result != PENDING}
+        entries = [e for e in entries if not (e.result == PENDING and e.id in decided)]
         return History(entries=entries, skipped_lines=skipped)
 
     def entries(self) -> list[LedgerEntry]:
         return self.read().entries
+
+    def settled(self, label_now: LabelNow, in_progress: InProgress) -> History:
+        """The history with every dangling intent decided from the served config (see the module doc);
+        an intent whose process still holds the lock stays ``pending`` (it is in progress)."""
+        history = self.read()
+        entries = [
+            e if e.result != PENDING or in_progress(e.pid) else _settle(e, label_now(e.model, e.label))
+            for e in history.entries
+        ]
+        return History(entries=entries, skipped_lines=history.skipped_lines)
+
+    def complete_dangling(self, label_now: LabelNow) -> list[LedgerEntry]:
+        """Append the final line of every dangling intent (call it holding the state lock: none is in
+        progress then). Returns the lines written."""
+        written = []
+        for entry in self.read().entries:
+            if entry.result == PENDING:
+                final = replace(_settle(entry, label_now(entry.model, entry.label)), time=time.time())
+                self.append(final)
+                written.append(final)
+        return written
+
+
+def _settle(intent: LedgerEntry, label_now: int | None) -> LedgerEntry:
+    if label_now == intent.to_version:
+        return replace(
+            intent,
+            result="ok",
+            reason=f"recovered: the {intent.kind} process (pid {intent.pid}) died after writing the switch;"
+            f" models.config has {intent.label} → {intent.to_version}",
+        )
+    return replace(
+        intent,
+        result="failed",
+        reason=f"interrupted: the {intent.kind} process (pid {intent.pid}) died before the switch took effect;"
+        f" models.config has {intent.label} → {label_now}",
+    )
 
 
 def last_successful(entries: Iterable[LedgerEntry], model: str, label: str) -> LedgerEntry | None:

@@ -7,19 +7,31 @@ manifest file's directory (default: that directory). The trainer module is impor
 This module checks the *shape* of every field (types, bounds, unknown keys). What a field means for
 one TF Serving API (which fields a classify, regress or predict model needs, what its smoke cases
 expect) is checked by that API's piece in :mod:`deployer.apis`, called from here.
+
+Rules every field follows, new ones included (they live on the base model and in load_manifest, so a
+field added later gets them without asking):
+
+* types are strict: ``true`` is not the port 1, ``"8500"`` is not a number (YAML already types values);
+* floats are finite (``allow_inf_nan=False``): a NaN passes every range check, so it must never arrive;
+* every number has a lower and an upper bound that the server and the runtimes can live with;
+* no string anywhere may hold a NUL byte, and the document may not nest deeper than ``MAX_DEPTH``;
+* paths are ``ManifestPath`` (strict mode would refuse a YAML string for a plain ``Path``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import math
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from deployer.errors import ManifestError
 
@@ -43,15 +55,54 @@ TensorDtype = Literal["float32", "float64", "int32", "int64", "string", "bool"]
 # TF Serving's REST API matches labels with [^/:]+ but documents [a-zA-Z0-9_]+; we accept the documented set.
 _LABEL = r"^[A-Za-z0-9_]+$"
 
+# A manifest is a small hand-written file: anything bigger or deeper is a mistake or an attack.
+MAX_MANIFEST_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+# Values visited after YAML aliases are expanded (an alias "bomb" is tiny on disk and huge in memory).
+MAX_VALUES = 200_000
+# Linux PATH_MAX, and the longest name one path component may have.
+_PATH_MAX = 4096
+_NAME_MAX = 255
+# Feature values travel as float32 (tf.Example float_list): 1e39 is finite in Python and inf in the model.
+FLOAT32_MAX = 3.4028234663852886e38
+
+# Weakenings of the default hardening; each must be listed in server.weakenings to be allowed.
+Weakening = Literal["listen_beyond_loopback", "writable_root_filesystem", "no_memory_limit", "no_pids_limit"]
+WEAKENINGS: dict[str, str] = {
+    "listen_beyond_loopback": "the server listens beyond loopback, so other machines reach its unauthenticated"
+    " ModelService admin API, which can unload every model",
+    "writable_root_filesystem": "the container's root filesystem is writable",
+    "no_memory_limit": "the container has no memory limit, so a runaway model can exhaust the host",
+    "no_pids_limit": "the container has no pids limit, so a fork or thread storm can exhaust the host",
+}
+
+
+def _check_path(path: Path) -> Path:
+    text = str(path)
+    if "\0" in text:
+        raise ValueError("a path may not contain a NUL byte")
+    if not text.strip():
+        raise ValueError("the path is empty")
+    if len(os.fsencode(text)) > _PATH_MAX:
+        raise ValueError(f"the path is longer than {_PATH_MAX} bytes")
+    if any(len(os.fsencode(part)) > _NAME_MAX for part in path.parts):
+        raise ValueError(f"a path component is longer than {_NAME_MAX} bytes")
+    return path
+
+
+# Paths accept YAML strings (strict mode alone would insist on a Path instance) and are checked.
+ManifestPath = Annotated[Path, Field(strict=False), AfterValidator(_check_path)]
+ShortText = Annotated[str, Field(min_length=1, max_length=256)]
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class Feature(_Strict):
     """A tf.Example feature of a classify/regress model: float → float_list, int → int64_list, string → bytes_list."""
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", max_length=128)]
     dtype: FeatureDtype = "float"
 
 
@@ -134,8 +185,8 @@ class SmokeCase(_Strict):
     name: Annotated[str, Field(max_length=200)] | None = None
     features: dict[str, Any] | None = None
     inputs: dict[str, Any] | None = None
-    inputs_file: Path | None = None
-    expect_class: str | None = None
+    inputs_file: ManifestPath | None = None
+    expect_class: ShortText | None = None
     min_score: Annotated[float, Field(ge=0.0, le=1.0)] | None = None
     expect_value: Annotated[float, Field(ge=-_BIG, le=_BIG)] | None = None
     tolerance: Annotated[float, Field(ge=0.0, le=_BIG)] | None = None
@@ -184,19 +235,22 @@ class ModelSpec(_Strict):
     """One served model. Its source is at most one of ``trainer`` and ``saved_model``; with neither,
     ``base_path`` is filled by another pipeline and deployer never writes there."""
 
-    name: Annotated[str, Field(pattern=_NAME)]
-    trainer: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")] | None = None
-    saved_model: Path | None = None
-    base_path: Path
+    name: Annotated[str, Field(pattern=_NAME, max_length=128)]
+    trainer: Annotated[str, Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", max_length=256)] | None = None
+    saved_model: ManifestPath | None = None
+    base_path: ManifestPath
     signature_name: Annotated[str, Field(min_length=1, max_length=200)] = "serving_default"
     api: ApiName | None = None
-    features: Annotated[list[Feature], Field(min_length=1)] | None = None
-    classes: Annotated[list[str], Field(min_length=2)] | None = None
-    inputs: Annotated[list[TensorSpec], Field(min_length=1)] | None = None
-    outputs: Annotated[list[TensorSpec], Field(min_length=1)] | None = None
-    labels: Annotated[list[Annotated[str, Field(pattern=_LABEL)]], Field(min_length=1)] = [DEFAULT_LABEL]
+    features: Annotated[list[Feature], Field(min_length=1, max_length=10_000)] | None = None
+    classes: Annotated[list[ShortText], Field(min_length=2, max_length=10_000)] | None = None
+    inputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=1_000)] | None = None
+    outputs: Annotated[list[TensorSpec], Field(min_length=1, max_length=1_000)] | None = None
+    labels: Annotated[
+        list[Annotated[str, Field(pattern=_LABEL, max_length=128)]], Field(min_length=1, max_length=64)
+    ] = [DEFAULT_LABEL]
     version_policy: VersionPolicy = VersionPolicy()
-    smoke: list[SmokeCase] = []
+    # TF Serving reads at most 1000 warmup records; the smoke set is also the warmup set.
+    smoke: Annotated[list[SmokeCase], Field(max_length=1000)] = []
 
     @field_validator("features")
     @classmethod
@@ -271,38 +325,94 @@ def _no_duplicates(what: str, names: list[str]) -> None:
 
 class Monitoring(_Strict):
     enabled: bool = True
-    path: Annotated[str, Field(pattern=r"^/\S*$")] = "/monitoring/prometheus/metrics"
+    # Rendered into monitoring.config between quotes: only URL path characters, never a quote.
+    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~/-]*$", max_length=256)] = "/monitoring/prometheus/metrics"
 
 
 class Batching(_Strict):
     enabled: bool = False
-    max_batch_size: Annotated[int, Field(ge=1)] = 32
-    batch_timeout_micros: Annotated[int, Field(ge=0)] = 1000
-    num_batch_threads: Annotated[int, Field(ge=1)] = 2
-    max_enqueued_batches: Annotated[int, Field(ge=1)] = 100
+    max_batch_size: Annotated[int, Field(ge=1, le=1_000_000)] = 32
+    # A batch that waits longer than a minute for company is a stalled request, not a batch.
+    batch_timeout_micros: Annotated[int, Field(ge=0, le=60_000_000)] = 1000
+    # Each one is a thread in the server.
+    num_batch_threads: Annotated[int, Field(ge=1, le=256)] = 2
+    max_enqueued_batches: Annotated[int, Field(ge=1, le=1_000_000)] = 100
+
+
+_MEMORY_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+# Docker refuses less than 6 MiB; more than 16 TiB is a typo.
+_MEMORY_MIN, _MEMORY_MAX = 6 * 1024**2, 16 * 1024**4
+
+
+def _check_memory(value: str) -> str:
+    number, unit = re.fullmatch(r"(\d+)([bkmgBKMG]?)", value).groups()  # type: ignore[union-attr]
+    size = int(number) * _MEMORY_UNITS[unit.lower()]
+    if not _MEMORY_MIN <= size <= _MEMORY_MAX:
+        raise ValueError(f"{value!r} must be between 6m and 16384g")
+    return value
 
 
 class ContainerSettings(_Strict):
-    memory: Annotated[str, Field(pattern=r"^\d+[bkmgBKMG]?$")] | None = "2g"
-    pids_limit: Annotated[int, Field(ge=16)] | None = 512
+    memory: Annotated[str, Field(pattern=r"^\d{1,16}[bkmgBKMG]?$"), AfterValidator(_check_memory)] | None = "2g"
+    # The kernel's pid_max cannot exceed 4194304.
+    pids_limit: Annotated[int, Field(ge=16, le=4_194_304)] | None = 512
     restart_policy: Literal["no", "on-failure", "always", "unless-stopped"] = "no"
     read_only_root: bool = True
 
 
+def _check_host(host: str) -> str:
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(
+            f"{host!r} is not an IPv4 address; use 127.0.0.1 (loopback, the default) or an address of this"
+            " machine such as 0.0.0.0 (every interface: a weakening, see server.weakenings)"
+        ) from None
+    return host
+
+
+# Flags the runtime and the rendered config own: an extra_args copy would silently override or contradict them.
+RUNTIME_OWNED_FLAGS = frozenset(
+    {
+        "port",
+        "rest_api_port",
+        "model_config_file",
+        "model_name",
+        "model_base_path",
+        "monitoring_config_file",
+        "enable_batching",
+        "batching_parameters_file",
+        "file_system_poll_wait_seconds",
+        "allow_version_labels_for_unavailable_models",
+        "model_config_file_poll_wait_seconds",
+        "grpc_socket_path",
+    }
+)
+
+
+def _flag_name(arg: str) -> str | None:
+    match = re.fullmatch(r"--?([A-Za-z0-9_]+)(=.*)?", arg, flags=re.DOTALL)
+    return match.group(1) if match else None
+
+
 class ServerSettings(_Strict):
     runtime: Literal["auto", "docker", "local"] = "auto"
-    image: str = DEFAULT_IMAGE
-    host: str = "127.0.0.1"
+    image: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", max_length=255)] = DEFAULT_IMAGE
+    host: Annotated[str, AfterValidator(_check_host)] = "127.0.0.1"
     # 0 picks a free port; the chosen one is read back and recorded in the state directory.
     grpc_port: Annotated[int, Field(ge=0, le=65535)] = 8500
     rest_port: Annotated[int, Field(ge=0, le=65535)] = 8501
-    health_deadline_seconds: Annotated[float, Field(gt=0)] = 120.0
-    reload_deadline_seconds: Annotated[float, Field(gt=0)] = 60.0
-    file_system_poll_wait_seconds: Annotated[int, Field(ge=1)] = 1
+    health_deadline_seconds: Annotated[float, Field(gt=0, le=86_400)] = 120.0
+    # Every promotion step waits at most this long for one reload RPC.
+    reload_deadline_seconds: Annotated[float, Field(gt=0, le=3_600)] = 60.0
+    # The server's poll loop sleeps this long; TF Serving reads it as an int32 flag.
+    file_system_poll_wait_seconds: Annotated[int, Field(ge=1, le=86_400)] = 1
     monitoring: Monitoring = Monitoring()
     batching: Batching = Batching()
     container: ContainerSettings = ContainerSettings()
-    extra_args: list[str] = []
+    extra_args: Annotated[list[Annotated[str, Field(min_length=1, max_length=4096)]], Field(max_length=100)] = []
+    # Hardening this manifest switches off on purpose (see WEAKENINGS); `up` warns, `status` shows them.
+    weakenings: Annotated[list[Weakening], Field(max_length=len(WEAKENINGS))] = []
 
     @model_validator(mode="after")
     def _ports_differ(self) -> ServerSettings:
@@ -310,14 +420,28 @@ class ServerSettings(_Strict):
             raise ValueError("grpc_port and rest_port must differ")
         return self
 
+    def weakenings_in_effect(self) -> dict[str, str]:
+        """The weakenings these settings make, by name, with the field that makes each."""
+        found: dict[str, str] = {}
+        if not ipaddress.IPv4Address(self.host).is_loopback:
+            found["listen_beyond_loopback"] = f"server.host: {self.host}"
+        if not self.container.read_only_root:
+            found["writable_root_filesystem"] = "server.container.read_only_root: false"
+        if self.container.memory is None:
+            found["no_memory_limit"] = "server.container.memory: null"
+        if self.container.pids_limit is None:
+            found["no_pids_limit"] = "server.container.pids_limit: null"
+        return found
+
 
 class Manifest(_Strict):
     """The validated manifest. ``source`` and ``root`` are filled in by :func:`load_manifest`."""
 
-    project: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")]
-    project_root: Path = Path(".")
-    state_dir: Path = Path(".deployer")
-    models: Annotated[list[ModelSpec], Field(min_length=1)]
+    # Container, network and label names derive from it: a DNS label's length at most.
+    project: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=63)]
+    project_root: ManifestPath = Path(".")
+    state_dir: ManifestPath = Path(".deployer")
+    models: Annotated[list[ModelSpec], Field(min_length=1, max_length=100)]
     server: ServerSettings = ServerSettings()
 
     # Set by load_manifest, not by YAML.
@@ -331,6 +455,29 @@ class Manifest(_Strict):
         if dupes:
             raise ValueError(f"duplicate model name(s): {', '.join(dupes)}")
         return models
+
+    @model_validator(mode="after")
+    def _server_args_and_weakenings(self) -> Manifest:
+        for index, arg in enumerate(self.server.extra_args):
+            name = _flag_name(arg)
+            if name is None:
+                raise ValueError(f"server.extra_args[{index}]: {arg!r} is not a --flag or --flag=value")
+            if name in RUNTIME_OWNED_FLAGS:
+                raise ValueError(
+                    f"server.extra_args[{index}]: {arg!r} sets --{name}, which deployer owns"
+                    " (ports, config files and polling come from the manifest's server settings)"
+                )
+        in_effect = self.server.weakenings_in_effect()
+        listed = set(self.server.weakenings)
+        for name, where in in_effect.items():
+            if name not in listed:
+                raise ValueError(
+                    f"{where} weakens the default hardening: {WEAKENINGS[name]};"
+                    f" if you mean it, add {name} to server.weakenings"
+                )
+        for name in sorted(listed - set(in_effect)):
+            raise ValueError(f"server.weakenings: {name} is listed but the settings do not make it; remove it")
+        return self
 
     @model_validator(mode="after")
     def _models_match_their_api(self) -> Manifest:
@@ -408,6 +555,14 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+_BOUND_WORDS = {
+    "less_than_equal": "less than or equal to",
+    "less_than": "less than",
+    "greater_than_equal": "greater than or equal to",
+    "greater_than": "greater than",
+}
+
+
 def format_validation_error(err: ValidationError) -> str:
     first = err.errors()[0]
     where = _format_location(tuple(first["loc"]))
@@ -416,30 +571,107 @@ def format_validation_error(err: ValidationError) -> str:
         msg = msg[len("Value error, ") :]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    bound = _BOUND_WORDS.get(first["type"])
+    limit = next(iter(first.get("ctx", {}).values()), None)
+    if bound is not None and isinstance(limit, float):
+        # pydantic prints the float32 limit 3.4028234663852886e38 as 340282346638528860000000000000000000000.
+        msg = f"Input should be {bound} {limit:g}"
     more = f" (and {err.error_count() - 1} more error(s))" if err.error_count() > 1 else ""
     return f"{where}: {msg}{more}" if where else f"{msg}{more}"
+
+
+def _read_manifest_text(source: Path) -> str:
+    """The file's text, refusing what is not a small regular file (a FIFO would hang, /dev/zero never end)."""
+    try:
+        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ManifestError(f"manifest not found: {source}", hint="pass -f manifests/<name>.yaml") from None
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"cannot read manifest {source}: {getattr(exc, 'strerror', None) or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ManifestError(f"cannot read manifest {source}: it is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise ManifestError(f"cannot read manifest {source}: not a regular file")
+        data = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"manifest {source} is larger than {MAX_MANIFEST_BYTES // 1024} KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"cannot read manifest {source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+_OPENING = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
+            yaml.FlowSequenceStartToken)  # fmt: skip
+_CLOSING = (yaml.BlockEndToken, yaml.FlowMappingEndToken, yaml.FlowSequenceEndToken)
+
+
+def _check_nesting(text: str, source: Path) -> None:
+    """Refuse deep nesting before parsing: PyYAML's composer recurses once per level (RecursionError).
+
+    The scanner is iterative, so counting its tokens is safe at any depth.
+    """
+    depth = 0
+    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+        if isinstance(token, _OPENING):
+            depth += 1
+            if depth > MAX_DEPTH:
+                mark = token.start_mark
+                raise ManifestError(
+                    f"{source}: nested deeper than {MAX_DEPTH} levels at line {mark.line + 1}, column {mark.column + 1}"
+                )
+        elif isinstance(token, _CLOSING):
+            depth -= 1
+
+
+def _location(path: tuple[int | str, ...]) -> str:
+    return _format_location(path) or "(top level)"
+
+
+def _check_values(data: Any) -> None:
+    """NUL bytes anywhere (keys too) and alias expansion, walked iteratively with the field path."""
+    stack: list[tuple[tuple[int | str, ...], Any]] = [((), data)]
+    seen = 0
+    while stack:
+        where, value = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ValueError(f"more than {MAX_VALUES} values (YAML aliases expand to too much)")
+        if isinstance(value, str) and "\0" in value:
+            raise ValueError(f"{_location(where)}: NUL byte in {value.split(chr(0))[0]!r}...")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and "\0" in key:
+                    raise ValueError(f"{_location(where)}: NUL byte in the key {key.split(chr(0))[0]!r}...")
+                stack.append(((*where, str(key)), item))
+        elif isinstance(value, list):
+            stack.extend(((*where, index), item) for index, item in enumerate(value))
 
 
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest file. Raises ManifestError with a one-line message."""
     source = Path(path)
+    text = _read_manifest_text(source)
     try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"manifest not found: {source}", hint="pass -f manifests/<name>.yaml") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read manifest {source}: {exc}") from None
-    try:
+        _check_nesting(text, source)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ManifestError(f"{source}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ManifestError(f"{source}: nested too deeply") from None
     if not isinstance(data, dict):
         raise ManifestError(f"{source}: the manifest must be a YAML mapping")
     if "source" in data:
         raise ManifestError(f"{source}: source: unknown key")
+    try:
+        _check_values(data)
+    except ValueError as exc:
+        raise ManifestError(f"{source}: {exc}") from None
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 from deployer import store, tf_noise
 from deployer.client import ServingClient, VersionStatus
 from deployer.errors import DeployerError, NotHealthy, RuntimeUnavailable, ServerRequestError, StoreError, UsageError
-from deployer.health import HealthReport, wait_healthy
-from deployer.manifest import Manifest, ModelSpec
+from deployer.health import HealthReport, divergence, wait_healthy
+from deployer.manifest import WEAKENINGS, Manifest, ModelSpec
 from deployer.runtime.base import LaunchSpec, Layout, ProcessState, Runtime, ServerHandle
-from deployer.runtime.local import LocalRuntime
+from deployer.runtime.local import LocalRuntime, binds_every_interface, server_command
 from deployer.server_config import MODELS_CONFIG, ServedModel, parse_models_config, render_files, server_flags
 from deployer.smoke import SmokeReport, run_smoke
-from deployer.state import StateDir, StateLockBusy
+from deployer.state import CorruptHandle, StateDir, StateLockBusy
 
 if TYPE_CHECKING:
     from deployer.export import ExportResult
@@ -77,6 +77,8 @@ def _handle_json(handle: ServerHandle | None) -> dict[str, Any] | None:
         "image": handle.image,
         "spec_hash": handle.spec_hash,
         "started_at": handle.started_at,
+        "project": handle.project or None,
+        "weakenings": list(handle.weakenings),
     }
 
 
@@ -85,7 +87,7 @@ class UpReport:
     project: str
     runtime: str
     runtime_reason: str
-    action: str  # "started" | "reused" | "recreated"
+    action: str  # "started" | "reused" | "repaired" | "recreated"
     action_reason: str
     handle: ServerHandle
     models: list[ModelView]
@@ -93,6 +95,7 @@ class UpReport:
     smoke: list[SmokeReport]
     health: HealthReport
     timings: dict[str, float]  # seconds per phase: runtime, train, export, start, healthy, smoke, total
+    weakenings: dict[str, str] = field(default_factory=dict)  # name -> what it means, for this runtime
 
     @property
     def smoke_passed(self) -> bool:
@@ -111,6 +114,7 @@ class UpReport:
             "smoke": {"passed": self.smoke_passed, "reports": [r.to_json() for r in self.smoke]},
             "health": {"elapsed_s": round(self.health.elapsed_s, 3), "checks": self.health.checks},
             "timings_s": {k: round(v, 3) for k, v in self.timings.items()},
+            "weakenings": dict(self.weakenings),
         }
 
 
@@ -122,6 +126,14 @@ class StatusReport:
     handle: ServerHandle | None
     process: ProcessState | None
     models: list[ModelView] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def weakenings(self) -> dict[str, str]:
+        """The hardening the running server was started without (recorded in its handle)."""
+        if self.handle is None:
+            return {}
+        return {name: WEAKENINGS.get(name, name) for name in self.handle.weakenings}
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,6 +146,8 @@ class StatusReport:
             if self.process is None
             else {"running": self.process.running, "exit_code": self.process.exit_code, "detail": self.process.detail},
             "models": [m.to_json() for m in self.models],
+            "weakenings": self.weakenings,
+            "warnings": list(self.warnings),
         }
 
 
@@ -141,9 +155,14 @@ class StatusReport:
 class DownReport:
     project: str
     stopped: list[ServerHandle]
+    warnings: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return {"project": self.project, "stopped": [_handle_json(h) for h in self.stopped]}
+        return {
+            "project": self.project,
+            "stopped": [_handle_json(h) for h in self.stopped],
+            "warnings": list(self.warnings),
+        }
 
 
 # ---- runtimes -----------------------------------------------------------------------------------
@@ -476,11 +495,50 @@ def missing_version_hint(model: ModelSpec) -> str:
     )
 
 
+def weakenings_in_effect(manifest: Manifest, runtime: Runtime) -> dict[str, str]:
+    """The hardening this deployment goes without on ``runtime``: name -> what it means and why."""
+    found = manifest.server.weakenings_in_effect()
+    if runtime.name == "local":
+        # No container: its settings do not apply. The real tensorflow_model_server binds 0.0.0.0 whatever
+        # server.host says (it has no bind-address flag), so on this runtime it always listens beyond loopback.
+        found = {k: v for k, v in found.items() if k == "listen_beyond_loopback"}
+        command = getattr(runtime, "_command", None) or server_command()
+        if binds_every_interface(command):
+            found["listen_beyond_loopback"] = "tensorflow_model_server binds 0.0.0.0 (it has no bind-address flag)"
+    return {name: f"{WEAKENINGS[name]} ({where})" for name, where in found.items()}
+
+
+def _load_owned_handle(manifest: Manifest, state: StateDir, warn: Progress) -> ServerHandle | None:
+    """The recorded handle when it is usable and describes this manifest's server; else None (said why).
+
+    A corrupt or foreign server.json is never a dead end: callers fall back to finding the server by
+    its pid file or container labels, which check ownership themselves.
+    """
+    try:
+        handle = state.load_handle()
+    except CorruptHandle as exc:
+        warn(f"ignoring {state.handle_file}: {exc.message}")
+        return None
+    if handle is None:
+        return None
+    if not handle.claims(manifest.project, state.root):
+        warn(
+            f"ignoring {state.handle_file}: it records project {handle.project!r}'s server"
+            f" ({handle.state_dir or 'another state directory'}), not {manifest.project!r}'s"
+        )
+        return None
+    if not handle.project and handle.runtime == "docker" and handle.name != f"deployer-{manifest.project}":
+        # A handle from before ownership was recorded: its container name still says whose it is.
+        warn(f"ignoring {state.handle_file}: it records container {handle.name}, not this project's")
+        return None
+    return handle
+
+
 def _refuse_switching_a_running_server(
     manifest: Manifest, state: StateDir, runtime: Runtime, pin: dict[str, int]
 ) -> None:
     """`up --version` starts or repairs a deployment; a live label moves only through `promote`."""
-    handle = state.load_handle()
+    handle = _load_owned_handle(manifest, state, _quiet)
     if handle is None or handle.runtime != runtime.name or not runtime.state(handle).running:
         return
     text = state.read_models_config()
@@ -501,7 +559,7 @@ def _existing(
 ) -> tuple[ServerHandle | None, str | None]:
     """The running server of this manifest, if any, and what was replaced to get here. A server of the
     other runtime is stopped (both would want the same ports and config) and reported, never hidden."""
-    handle = state.load_handle()
+    handle = _load_owned_handle(manifest, state, say)
     replaced = None
     if handle is not None and handle.runtime != runtime.name:
         try:
@@ -541,13 +599,16 @@ def up(
     say = progress or _quiet
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    state = StateDir(manifest.state_path)
+    state = StateDir(manifest.state_path, manifest.project)
     state.ensure()
     pin = _pinned(manifest, version, model_name)
 
     runtime, runtime_reason, image = keep_or_choose_runtime(manifest, state, runtime_choice, image=image, progress=say)
     timings["runtime"] = time.perf_counter() - t0
     say(f"runtime: {runtime.name} ({runtime_reason})")
+    weakenings = weakenings_in_effect(manifest, runtime)
+    for name, meaning in weakenings.items():
+        say(f"warning: hardening weakened ({name}): {meaning}")
 
     exported = _ensure_versions(manifest, retrain, say, timings)
     timings.setdefault("train", 0.0)
@@ -589,6 +650,11 @@ def up(
                 state.clear_handle()
                 handle = None
         state.write_config_files(files)
+        wanted = {m.name: m.versions for m in served}
+        labels = {m.name: dict(m.labels) for m in served}
+        if handle is not None:
+            repaired = _repair_divergence(manifest, state, runtime, handle, files, wanted, labels, say)
+            handle, action, action_reason = repaired
 
         started_here = False
         if handle is None:
@@ -603,6 +669,7 @@ def up(
                 layout=layout,
                 state_dir=state.root,
                 container=manifest.server.container,
+                weakenings=tuple(weakenings),
             )
             say(f"starting the {runtime.name} server")
             try:
@@ -624,8 +691,6 @@ def up(
         timings["start"] = time.perf_counter() - t_start
 
         running = handle
-        wanted = {m.name: m.versions for m in served}
-        labels = {m.name: dict(m.labels) for m in served}
         client = ServingClient(running.grpc_target)
         t_health = time.perf_counter()
         try:
@@ -681,7 +746,41 @@ def up(
         smoke=reports,
         health=health,
         timings=timings,
+        weakenings=weakenings,
     )
+
+
+def _repair_divergence(
+    manifest: Manifest,
+    state: StateDir,
+    runtime: Runtime,
+    handle: ServerHandle,
+    files: dict[str, str],
+    wanted: dict[str, tuple[int, ...]],
+    labels: dict[str, dict[str, int]],
+    say: Progress,
+) -> tuple[ServerHandle | None, str, str]:
+    """A kept server must serve what models.config says. TF Serving reads that file only at start, so
+    after an outside reload (anyone reaching the gRPC port can send one) it serves something else and
+    the health wait would time out on a healthy-looking server. Reapply the file; if the server refuses
+    (e.g. a label cannot move to a version it unloaded), recreate it, which reads the file afresh."""
+    action, reason = "reused", "the spec and the served config are unchanged"
+    client = ServingClient(handle.grpc_target)
+    try:
+        drift = divergence(client, wanted, labels)
+        if drift is None:
+            return handle, action, reason
+        say(f"the running server does not serve {state.models_config} ({drift}); reapplying it")
+        try:
+            client.reload_config(files[MODELS_CONFIG], timeout=manifest.server.reload_deadline_seconds)
+        except ServerRequestError as exc:
+            say(f"the server refused the config ({exc.message}); recreating it")
+            runtime.stop(handle)
+            state.clear_handle()
+            return None, "recreated", f"its live config had diverged ({drift}) and reapplying it failed"
+        return handle, "repaired", f"its live config had diverged from models.config ({drift}); reapplied"
+    finally:
+        client.close()
 
 
 def _describe(served: list[ServedModel]) -> str:
@@ -699,19 +798,20 @@ def _hint_up(manifest: Manifest) -> str:
     return f"run `deployer up -f {manifest.source or 'MANIFEST'}`"
 
 
-def _recorded(manifest: Manifest, state: StateDir) -> ServerHandle | None:
-    handle = state.load_handle()
+def _recorded(manifest: Manifest, state: StateDir, warn: Progress = _quiet) -> ServerHandle | None:
+    handle = _load_owned_handle(manifest, state, warn)
     if handle is None:
-        # A lost handle file must not orphan a local server: its pid file still names it.
+        # A lost (or corrupt, or foreign) handle file must not orphan a local server: its pid file names it.
         handle = _local(manifest).find(manifest.project, state.root)
     return handle
 
 
 def status(manifest: Manifest) -> StatusReport:
-    state = StateDir(manifest.state_path)
-    handle = _recorded(manifest, state)
+    state = StateDir(manifest.state_path, manifest.project)
+    warnings: list[str] = []
+    handle = _recorded(manifest, state, warnings.append)
     if handle is None:
-        return StatusReport(manifest.project, str(state.root), False, None, None)
+        return StatusReport(manifest.project, str(state.root), False, None, None, warnings=warnings)
     runtime = runtime_named(handle.runtime, manifest)
     process = runtime.state(handle)
     text = state.read_models_config()
@@ -740,7 +840,7 @@ def status(manifest: Manifest) -> StatusReport:
     finally:
         if client is not None:
             client.close()
-    return StatusReport(manifest.project, str(state.root), process.running, handle, process, models)
+    return StatusReport(manifest.project, str(state.root), process.running, handle, process, models, warnings)
 
 
 EXTERNAL = "external"  # the runtime name of a --target server: deployer neither started nor stops it
@@ -751,10 +851,10 @@ def target_status(
 ) -> StatusReport:
     """The status of any TF Serving at ``target`` for the manifest's models: versions and states
     (GetModelStatus), and the manifest's labels (plus the deployed config's) as the server resolves them."""
-    state = StateDir(manifest.state_path)
+    state = StateDir(manifest.state_path, manifest.project)
     handle = ServerHandle(EXTERNAL, "", target, target, rest_url, "")
     text = None
-    with suppress(OSError):
+    with suppress(OSError, DeployerError):  # an unusable state directory only means no deployed labels
         text = state.read_models_config()
     configured = {m.name: m for m in parse_models_config(text)} if text else {}
     with ServingClient(target) as client:
@@ -787,7 +887,7 @@ def connect(manifest: Manifest, *, probe_seconds: float = 3.0) -> tuple[ServerHa
     The runtime is consulted only when the gRPC port does not answer: the common case then needs no
     Docker SDK import or daemon call, which keeps `deployer smoke` fast and small.
     """
-    state = StateDir(manifest.state_path)
+    state = StateDir(manifest.state_path, manifest.project)
     handle = _recorded(manifest, state)
     if handle is None:
         raise NotHealthy(f"no server is running for project {manifest.project}", hint=_hint_up(manifest))
@@ -849,7 +949,7 @@ def logs(manifest: Manifest, tail: int = 100, *, raw: bool = False, model: str |
     ``model`` keeps only lines that mention it."""
     from deployer.runtime.local import _tail
 
-    state = StateDir(manifest.state_path)
+    state = StateDir(manifest.state_path, manifest.project)
     keep = _log_filter(raw, model)
     # Read more than asked: filtered lines must not shorten the tail.
     window = KEEP_LOG_LINES if model else tail + 200
@@ -895,14 +995,25 @@ def follow_logs(
 
 def down(manifest: Manifest) -> DownReport:
     """Stop and remove what this manifest started (by handle, pid file or container label). Idempotent;
-    exported models and the served config are left alone."""
-    state = StateDir(manifest.state_path)
+    exported models and the served config are left alone.
+
+    Never a dead end: a corrupt, foreign or FIFO server.json is reported and removed, and the server is
+    still found by its pid file or container labels. Nothing is stopped that does not prove to be this
+    manifest's (see the runtimes' ownership checks).
+    """
+    state = StateDir(manifest.state_path, manifest.project)
+    warnings: list[str] = []
     stopped: list[ServerHandle] = []
-    handle = state.load_handle()
+    if not state.check():
+        return DownReport(manifest.project, stopped, warnings)
+    handle = _load_owned_handle(manifest, state, warnings.append)
     if handle is not None:
-        runtime = runtime_named(handle.runtime, manifest)
-        retire(runtime, handle, state, "stopped by `deployer down`")
-        stopped.append(handle)
+        try:
+            runtime = runtime_named(handle.runtime, manifest)
+            retire(runtime, handle, state, "stopped by `deployer down`")
+            stopped.append(handle)
+        except (RuntimeUnavailable, UsageError) as exc:
+            warnings.append(f"could not stop the recorded {handle.runtime} server {handle.name}: {exc.message}")
     local = _local(manifest)
     stray = local.find(manifest.project, state.root)
     if stray is not None and (handle is None or stray.ident != handle.ident):
@@ -917,8 +1028,12 @@ def down(manifest: Manifest) -> DownReport:
                 retire(docker, found, state, "stopped by `deployer down`")
                 stopped.append(found)
     state.clear_handle()
-    return DownReport(manifest.project, stopped)
+    recorded = state.read_pid()
+    if recorded is not None and local.find(manifest.project, state.root) is None:
+        # A pid file naming a process that is not (or no longer) our server is stale: clean it up.
+        state.remove_pid(recorded[0])
+    return DownReport(manifest.project, stopped, warnings)
 
 
 def config_path(manifest: Manifest) -> Path:
-    return StateDir(manifest.state_path).config_dir / MODELS_CONFIG
+    return StateDir(manifest.state_path, manifest.project).config_dir / MODELS_CONFIG

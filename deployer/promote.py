@@ -38,7 +38,7 @@ from deployer.apis.base import Api, CaseDiff
 from deployer.apis.common import distinct
 from deployer.client import ServingClient
 from deployer.errors import DeployerError, PromoteFailed, StoreError, UsageError, VersionNotFound
-from deployer.ledger import Kind, Ledger, LedgerEntry, Result, current_user, last_successful
+from deployer.ledger import PENDING, History, Kind, Ledger, LedgerEntry, Result, current_user, last_successful, new_id
 from deployer.manifest import Manifest, ModelSpec
 from deployer.server_config import ServedModel, parse_models_config, render_models_config
 from deployer.state import StateDir, StateLockBusy, write_atomic
@@ -215,11 +215,13 @@ class _Promotion:
         self.progress = progress
         self.clock = clock
         self.sleep = sleep
-        self.state = StateDir(manifest.state_path)
+        self.state = StateDir(manifest.state_path, manifest.project)
         self.ledger = Ledger(self.state.ledger)
         self.started = clock()
         self.durations: dict[str, float] = {}
         self.touched = False
+        # Shared by the intent written before the switch and the final line (see deployer.ledger).
+        self.id = new_id()
 
     # -- helpers
     def _served(self) -> tuple[str, list[ServedModel], ServedModel]:
@@ -294,25 +296,32 @@ class _Promotion:
                 )
             self.sleep(_VERIFY_POLL_S)
 
+    def _entry(self, report: PromoteReport, result: Result, reason: str) -> LedgerEntry:
+        return LedgerEntry(
+            time=time.time(),
+            user=current_user(),
+            project=self.manifest.project,
+            model=report.model,
+            label=report.label,
+            kind=report.kind,
+            from_version=report.from_version,
+            to_version=report.to_version,
+            result=result,
+            reason=reason,
+            smoke=report.smoke_summary(),
+            durations=dict(self.durations),
+            pid=os.getpid(),
+            id=self.id,
+        )
+
+    def _intend(self, report: PromoteReport) -> None:
+        """Before the label moves: a kill -9 from here on leaves an intent that models.config settles."""
+        reason = f"moving {report.label} {report.from_version} → {report.to_version}"
+        self.ledger.append(self._entry(report, PENDING, reason))
+
     def _record(self, report: PromoteReport) -> None:
         report.durations = dict(self.durations)
-        self.ledger.append(
-            LedgerEntry(
-                time=time.time(),
-                user=current_user(),
-                project=self.manifest.project,
-                model=report.model,
-                label=report.label,
-                kind=report.kind,
-                from_version=report.from_version,
-                to_version=report.to_version,
-                result=report.result,
-                reason=report.reason,
-                smoke=report.smoke_summary(),
-                durations=report.durations,
-                pid=os.getpid(),
-            )
-        )
+        self.ledger.append(self._entry(report, report.result, report.reason))
 
     # -- the phases
     def run(self, candidate: int) -> PromoteReport:
@@ -425,6 +434,7 @@ class _Promotion:
         since = self.clock()
         self.progress(f"step 4/5: moving {self.label} {current} → {candidate}")
         switched = replace(loading, labels={**loading.labels, self.label: candidate})
+        self._intend(report)
         self._apply(served, switched)
         served = [switched if m.name == model else m for m in served]
         self._verify_label(api, candidate)
@@ -453,6 +463,25 @@ class _Promotion:
 # ---- entry points ---------------------------------------------------------------------------------
 
 
+def label_in_config(state: StateDir, model: str, label: str) -> int | None:
+    """Where ``label`` of ``model`` points in the state directory's models.config (None: nowhere)."""
+    try:
+        text = state.read_models_config()
+        served = parse_models_config(text) if text else []
+    except DeployerError:
+        return None
+    return next((m.labels.get(label) for m in served if m.name == model), None)
+
+
+def settled_history(state: StateDir) -> History:
+    """The ledger as `history` shows it: dangling intents settled from models.config, unless their
+    process still holds the state lock (then the promotion is in progress and stays pending)."""
+    holder = state.lock_holder_pid()
+    return Ledger(state.ledger).settled(
+        lambda m, lbl: label_in_config(state, m, lbl), lambda pid: holder is not None and pid == holder
+    )
+
+
 def _validate_or_refuse(manifest: Manifest, spec: ModelSpec, label: str, kind: Kind, version: int) -> None:
     try:
         validate_candidate(manifest, spec, version)
@@ -465,7 +494,7 @@ def _validate_or_refuse(manifest: Manifest, spec: ModelSpec, label: str, kind: K
 
 def _refused(manifest: Manifest, spec: ModelSpec, label: str, kind: Kind, version: int, exc: StoreError) -> NoReturn:
     """A candidate that is unusable on disk: recorded as failed, the server never touched."""
-    state = StateDir(manifest.state_path)
+    state = StateDir(manifest.state_path, manifest.project)
     current: int | None = None
     try:
         text = state.read_models_config()
@@ -496,6 +525,7 @@ def _refused(manifest: Manifest, spec: ModelSpec, label: str, kind: Kind, versio
             result="failed",
             reason=report.reason,
             pid=os.getpid(),
+            id=new_id(),
         )
     )
     raise PromotionFailed(
@@ -594,7 +624,7 @@ def _execute(
     sleep: Callable[[float], None],
 ) -> PromoteReport:
     """``validated`` is the time already spent validating the target, or None to validate under the lock."""
-    state = StateDir(manifest.state_path)
+    state = StateDir(manifest.state_path, manifest.project)
     started = clock() - (validated or 0.0)
     with promotion_lock(state, manifest.project, wait=wait, progress=progress) as waited, ExitStack() as stack:
         # Everything below reads state under the lock: a promotion that waited sees the one before it.
@@ -606,7 +636,11 @@ def _execute(
         run.started = started
         run.durations["lock_wait"] = waited
         _, _, entry = run._served()
-        version = target(Ledger(state.ledger).entries(), entry.labels.get(label))
+        ledger = Ledger(state.ledger)
+        # A promotion killed after its intent left the history one line short: settle it from the config.
+        for settled in ledger.complete_dangling(lambda m, lbl: label_in_config(state, m, lbl)):
+            progress(f"ledger: settled an interrupted {settled.kind} ({settled.result}): {settled.reason}")
+        version = target(ledger.entries(), entry.labels.get(label))
         if validated is None:
             since = clock()
             progress(f"step 1/5: checking version {version} of {spec.name} on disk")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from deployer import store
-from deployer.errors import StoreError, VersionNotFound
+from deployer.errors import StoreError, UnsafeStateError, VersionNotFound
 from deployer.manifest import Manifest, ModelSpec
 from deployer.server_config import ServedModel, parse_models_config
 from deployer.state import StateDir
@@ -23,9 +23,9 @@ from deployer.state import StateDir
 def deployed(manifest: Manifest, model: ModelSpec) -> ServedModel | None:
     """The model's entry in the deployed config, or None when nothing was deployed."""
     try:
-        text = StateDir(manifest.state_path).read_models_config()
+        text = StateDir(manifest.state_path, manifest.project).read_models_config()
         entries = parse_models_config(text) if text else []
-    except (OSError, StoreError, ValueError):
+    except (OSError, StoreError, UnsafeStateError, ValueError):
         return None
     return next((entry for entry in entries if entry.name == model.name), None)
 

@@ -10,7 +10,14 @@ import click
 from rich.markup import escape
 
 from deployer import console, store
-from deployer.commands.options import examples, json_option, manifest_option, model_option, output_option
+from deployer.commands.options import (
+    examples,
+    json_option,
+    manifest_option,
+    model_option,
+    output_option,
+    version_type,
+)
 from deployer.commands.targets import target_option
 from deployer.errors import InputDataError, StoreError, UsageError
 from deployer.manifest import ModelSpec, load_manifest
@@ -18,7 +25,7 @@ from deployer.manifest import ModelSpec, load_manifest
 version_option = click.option(
     "--version",
     "version",
-    type=click.IntRange(min=0),
+    type=version_type(),
     default=None,
     help="Model version (default: the one the model's first label serves, else the newest complete one).",
 )
@@ -128,7 +135,7 @@ def _server_states(manifest: Any, names: list[str]) -> tuple[dict[str, dict[int,
     from deployer.state import StateDir
 
     try:
-        handle = StateDir(manifest.state_path).load_handle()
+        handle = StateDir(manifest.state_path, manifest.project).load_handle()
     except DeployerError:
         handle = None
     if handle is None:
@@ -231,7 +238,7 @@ def _contract(path: Path, model: ModelSpec) -> tuple[str | None, str]:
 @model_option
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option(
-    "--version", "version", type=click.IntRange(min=1), default=None, help="Publish as this version (default: next)."
+    "--version", "version", type=version_type(1), default=None, help="Publish as this version (default: next)."
 )
 @json_option
 def import_(manifest_path: str, model_name: str | None, path: Path, version: int | None, as_json: bool) -> None:

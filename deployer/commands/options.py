@@ -1,7 +1,13 @@
-"""Options shared by several commands."""
+"""Options shared by several commands, and the numeric parameter types every command uses.
+
+Every numeric flag is bounded on both sides and every float flag must be finite: a NaN passes every
+range check (each comparison with NaN is false), which once let ``--max-score-delta nan`` switch the
+promotion gate off, and ``inf`` reached gRPC and socket deadlines as an exception.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -49,6 +55,37 @@ def _manifest_default(ctx: click.Context, param: click.Parameter, value: str | N
 
     console.err.print(f"using manifest {path} ({why})", markup=False, highlight=False)
     return path
+
+# TF Serving's versions are int64; a larger number cannot even be put in a request.
+INT64_MAX = 2**63 - 1
+# A per-request deadline longer than an hour is a typo, not a slow model.
+MAX_REQUEST_TIMEOUT_S = 3600.0
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float flag with both bounds given; NaN and ±inf are refused before the range is checked."""
+
+    name = "float"
+
+    def __init__(self, min: float, max: float, *, min_open: bool = False, max_open: bool = False) -> None:
+        super().__init__(min, max, min_open=min_open, max_open=max_open)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = click.FLOAT.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class BoundedInt(click.IntRange):
+    """An integer flag with both bounds given (click's IntRange allows either to be open)."""
+
+    def __init__(self, min: int, max: int) -> None:
+        super().__init__(min, max)
+
+
+def version_type(minimum: int = 0) -> BoundedInt:
+    return BoundedInt(minimum, INT64_MAX)
 
 
 manifest_option = click.option(

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
 
 from deployer import console
-from deployer.commands.options import examples, json_option, manifest_option, model_option, output_option
+from deployer.commands.options import (
+    INT64_MAX,
+    BoundedInt,
+    FiniteFloatRange,
+    examples,
+    json_option,
+    manifest_option,
+    model_option,
+    output_option,
+    version_type,
+)
 from deployer.commands.targets import target_option
 from deployer.console import Column
-from deployer.ledger import Ledger
 from deployer.manifest import load_manifest
-from deployer.promote import PromoteReport, PromotionFailed
+from deployer.promote import PromoteReport, PromotionFailed, settled_history
 from deployer.state import StateDir
 
 if TYPE_CHECKING:
@@ -27,20 +35,13 @@ no_wait_option = click.option(
 )
 
 
-def _finite(ctx: click.Context, param: click.Parameter, value: float | None) -> float | None:
-    del ctx, param
-    if value is not None and not math.isfinite(value):
-        raise click.BadParameter(f"{value} is not a finite number")
-    return value
-
-
 max_delta_option = click.option(
     "--max-delta",
     "--max-score-delta",
     "max_delta",
-    type=click.FloatRange(0.0, 1e15),
+    # Finite (NaN passes every range check and once switched the gate off) and bounded.
+    type=FiniteFloatRange(0.0, 1e15),
     default=None,
-    callback=_finite,
     help="Fail if any smoke case's answer moves by more than X versus the label's current version: a class"
     " score (classify), a value (regress), an output element (predict). --max-score-delta is an alias.",
 )
@@ -97,7 +98,7 @@ def _run(as_json: bool, action: Callable[[Callable[[str], None]], PromoteReport]
 
 
 @click.command(epilog=examples("promote"))
-@click.argument("version", type=click.IntRange(min=0))
+@click.argument("version", type=version_type())
 @manifest_option
 @model_option
 @label_option
@@ -148,7 +149,7 @@ def promote(
 @manifest_option
 @model_option
 @label_option
-@click.option("--to", "to_version", type=click.IntRange(min=0), default=None, help="Roll back to this version.")
+@click.option("--to", "to_version", type=version_type(), default=None, help="Roll back to this version.")
 @max_delta_option
 @no_wait_option
 @target_option
@@ -210,7 +211,7 @@ def _smoke_text(smoke: dict[str, object]) -> str:
 @manifest_option
 @model_option
 @click.option("--label", default=None, help="Only entries for this label.")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Show only the newest N entries.")
+@click.option("--limit", type=BoundedInt(1, INT64_MAX), default=None, help="Show only the newest N entries.")
 @output_option
 @json_option
 def history(
@@ -224,8 +225,8 @@ def history(
     import time
 
     manifest = load_manifest(manifest_path)
-    state = StateDir(manifest.state_path)
-    read = Ledger(state.ledger).read()
+    state = StateDir(manifest.state_path, manifest.project)
+    read = settled_history(state)
     entries = [
         e for e in read.entries if (model_name is None or e.model == model_name) and (label is None or e.label == label)
     ]

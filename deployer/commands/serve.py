@@ -11,7 +11,16 @@ from typing import TYPE_CHECKING, Any
 import click
 from rich.markup import escape
 
-from deployer.commands.options import examples, json_option, manifest_option, model_option
+from deployer.commands.options import (
+    MAX_REQUEST_TIMEOUT_S,
+    BoundedInt,
+    FiniteFloatRange,
+    examples,
+    json_option,
+    manifest_option,
+    model_option,
+    version_type,
+)
 from deployer.commands.targets import rest_url_option, target_option
 from deployer.errors import SmokeFailed, UsageError
 
@@ -155,6 +164,8 @@ def _print_up(report: UpReport, steps: list[str]) -> None:
     _plain(f"endpoints: gRPC {handle.grpc_target}  REST {handle.rest_url or '-'}")
     for exported in report.exported:
         _plain(f"exported: {exported.model} version {exported.version} → {exported.path}")
+    for name, meaning in report.weakenings.items():
+        _plain(f"weakened: {name}: {meaning}")
     _print_models(report.models)
     if not report.smoke:
         _plain("smoke: no smoke cases in the manifest")
@@ -202,7 +213,7 @@ def _smoke_failed(reports: list[SmokeReport]) -> SmokeFailed:
 @click.option(
     "--version",
     "version",
-    type=click.IntRange(min=1),
+    type=version_type(1),
     default=None,
     help="Serve this version (with every label) instead of the deployed/newest one; not to switch a running server.",
 )
@@ -250,10 +261,18 @@ def up(
 @manifest_option
 @model_option
 @click.option("--label", default=None, help="Smoke the version behind this label (default: the model's first label).")
-@click.option("--version", "version", type=int, default=None, help="Smoke this version (it must be loaded).")
+@click.option(
+    "--version", "version", type=version_type(1), default=None, help="Smoke this version (it must be loaded)."
+)
 @click.option("--rest", is_flag=True, help="Send the cases through the REST API instead of gRPC.")
 @click.option("--junit", "junit_path", type=click.Path(dir_okay=False), default=None, help="Write a JUnit XML report.")
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per request.")
+@click.option(
+    "--timeout",
+    type=FiniteFloatRange(0.0, MAX_REQUEST_TIMEOUT_S, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds per request.",
+)
 @target_option
 @rest_url_option
 @json_option
@@ -280,8 +299,6 @@ def smoke(
 
     if label is not None and version is not None:
         raise UsageError("choose --label or --version, not both")
-    if version is not None and version < 1:
-        raise UsageError(f"--version must be a positive integer, got {version}")
     manifest = _load(manifest_path)
     models = [manifest.model(model_name)] if model_name else list(manifest.models)
     models = [m for m in models if m.smoke]
@@ -344,7 +361,9 @@ def status(manifest_path: str, model_name: str | None, target: str | None, rest_
         report = replace(report, models=[m for m in report.models if m.name == model_name])
     if as_json:
         console.emit_json(report.to_json())
-    elif report.handle is not None:
+    for warning in report.warnings:
+        console.err.print(f"warning: {warning}", markup=False, highlight=False)
+    if not as_json and report.handle is not None:
         handle = report.handle
         process = report.process
         state = "running" if report.running else f"not running ({process.detail if process else 'unknown'})"
@@ -353,6 +372,10 @@ def status(manifest_path: str, model_name: str | None, target: str | None, rest_
         else:
             _plain(f"{report.project}: {handle.runtime} {handle.name} ({handle.ident[:12]}) {state}")
         _plain(f"endpoints: gRPC {handle.grpc_target}  REST {handle.rest_url or '-'}")
+        if target is None:
+            weakened = report.weakenings
+            shown = "; ".join(f"WEAKENED {n}: {m}" for n, m in weakened.items()) if weakened else "default"
+            _plain(f"hardening: {shown}")
         _print_models(report.models)
     if not report.running and target is not None:
         raise NotHealthy(f"nothing answers gRPC at {target}", hint="check --target HOST:PORT (the gRPC port)")
@@ -372,7 +395,7 @@ def _cli() -> str:
 @click.command(epilog=examples("logs"))
 @manifest_option
 @model_option
-@click.option("--tail", type=click.IntRange(min=1), default=100, show_default=True, help="Lines from the end.")
+@click.option("--tail", type=BoundedInt(1, 1_000_000), default=100, show_default=True, help="Lines from the end.")
 @click.option(
     "--follow",
     is_flag=True,
@@ -437,6 +460,8 @@ def down(manifest_path: str, model_name: str | None, as_json: bool) -> None:
                 hint=f"run `{_cli()} down` without --model to stop it for every model",
             )
     report = orchestrate.down(manifest)
+    for warning in report.warnings:
+        console.err.print(f"warning: {warning}", markup=False, highlight=False)
     if as_json:
         console.emit_json(report.to_json())
     elif report.stopped:

@@ -7,7 +7,7 @@ the orchestration with deployer.client, using ``state()`` to fail fast when the 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -42,11 +42,17 @@ class LaunchSpec:
     layout: Layout
     state_dir: Path  # pid and log files of the local runtime live here
     container: ContainerSettings = field(default_factory=ContainerSettings)
+    weakenings: tuple[str, ...] = ()  # recorded in the handle so `status` can show them
 
 
 @dataclass(frozen=True)
 class ServerHandle:
-    """What identifies a running server; persisted as JSON in the state directory."""
+    """What identifies a running server; persisted as JSON in the state directory.
+
+    The ownership fields (``project``, ``state_dir``, ``start_ticks``) say whose server it is, so a
+    handle copied into another project's state directory, or a pid reused by another process, is never
+    mistaken for this manifest's server. They default to "unknown" so handles written before them load.
+    """
 
     runtime: str  # "docker" | "local"
     ident: str  # container id, or pid as a string
@@ -56,13 +62,33 @@ class ServerHandle:
     spec_hash: str
     image: str | None = None
     started_at: float = 0.0
+    project: str = ""  # the manifest project that started it ("" = recorded before ownership existed)
+    state_dir: str = ""  # the resolved state directory it belongs to
+    start_ticks: int | None = None  # local: the process's start time (/proc/PID/stat), which a reused pid lacks
+    weakenings: tuple[str, ...] = ()  # hardening it was started without (server.weakenings in effect)
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        data = dict(self.__dict__)
+        data["weakenings"] = list(self.weakenings)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ServerHandle:
-        return cls(**data)
+        # Keys this version does not know (written by a newer deployer) are ignored, not fatal.
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if "weakenings" in values:
+            values["weakenings"] = tuple(str(w) for w in values["weakenings"] or ())
+        handle = cls(**values)
+        if not all(isinstance(getattr(handle, name), str) for name in ("runtime", "ident", "name", "grpc_target")):
+            raise ValueError("runtime, ident, name and grpc_target must be strings")
+        return handle
+
+    def claims(self, project: str, state_dir: Path) -> bool:
+        """False when the handle says it belongs to another project or state directory."""
+        if self.project and self.project != project:
+            return False
+        return not (self.state_dir and Path(self.state_dir) != state_dir)
 
 
 @dataclass(frozen=True)

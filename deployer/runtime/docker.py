@@ -37,6 +37,8 @@ CONFIG_DIR = "/config"
 LABEL_PROJECT = "deployer.project"
 LABEL_SPEC_HASH = "deployer.spec-hash"
 LABEL_MANAGED = "deployer.managed"
+LABEL_STATE_DIR = "deployer.state-dir"
+LABEL_WEAKENINGS = "deployer.weakenings"
 
 # The server drains nothing worth waiting for: in-flight smoke requests are retried by the caller.
 STOP_TIMEOUT_SECONDS = 5
@@ -59,6 +61,13 @@ def compat_image() -> str:
 
 
 def container_name(project: str) -> str:
+    return f"deployer-{project}"
+
+
+def network_name(project: str) -> str:
+    """The project's own bridge network. On the default bridge any container could reach the server's
+    unauthenticated ModelService (HandleReloadConfigRequest unloads every model); Docker isolates
+    user-defined bridges from each other, so here only the published 127.0.0.1 ports lead in."""
     return f"deployer-{project}"
 
 
@@ -219,6 +228,7 @@ class DockerRuntime:
         self.ensure_image(spec.image)
         name = container_name(spec.project)
         self._remove_stale(name, spec.project)
+        network = self._ensure_network(spec.project)
         # Typed loosely on purpose: docker-py accepts a None host port (= pick a free one) and a plain
         # restart-policy dict, which its stubs do not model.
         ports: dict[str, Any] = {
@@ -231,7 +241,14 @@ class DockerRuntime:
                 spec.image,
                 command=list(spec.args),
                 name=name,
-                labels={LABEL_PROJECT: spec.project, LABEL_SPEC_HASH: spec.spec_hash, LABEL_MANAGED: "true"},
+                labels={
+                    LABEL_PROJECT: spec.project,
+                    LABEL_SPEC_HASH: spec.spec_hash,
+                    LABEL_MANAGED: "true",
+                    LABEL_STATE_DIR: str(spec.state_dir),
+                    LABEL_WEAKENINGS: ",".join(spec.weakenings),
+                },
+                network=network,
                 ports=ports,
                 mounts=[
                     DockerMount(target=m.target, source=str(m.host), type="bind", read_only=m.read_only)
@@ -271,6 +288,9 @@ class DockerRuntime:
                 filters={"label": [f"{LABEL_PROJECT}={project}", f"{LABEL_MANAGED}=true"], "status": "running"}
             )
             for container in found:
+                recorded_dir = (container.labels or {}).get(LABEL_STATE_DIR)
+                if recorded_dir and Path(recorded_dir) != state_dir:
+                    continue  # the same project name deployed from another state directory: not ours
                 grpc_port = _ipv4_host_port(container.ports, GRPC_CONTAINER_PORT)
                 rest_port = _ipv4_host_port(container.ports, REST_CONTAINER_PORT)
                 if grpc_port is None:
@@ -324,11 +344,13 @@ class DockerRuntime:
             except NotFound:
                 return
             self._check_ours(container, handle)
+            project = (container.labels or {}).get(LABEL_PROJECT, "")
             try:
                 container.stop(timeout=STOP_TIMEOUT_SECONDS)
                 container.remove(force=True)
             except NotFound:
-                return
+                pass
+            self._remove_network(project)
 
     def restart(self, handle: ServerHandle) -> ServerHandle:
         with _docker_errors(f"restart container {handle.name}"):
@@ -491,18 +513,65 @@ class DockerRuntime:
 
     @staticmethod
     def _check_ours(container: Any, handle: ServerHandle) -> None:
+        """The container must be the one the handle describes: deployer's, the handle's project (by label
+        and name), its spec and its state directory. Anything else is left alone."""
         labels = container.labels or {}
         project = labels.get(LABEL_PROJECT)
-        if labels.get(LABEL_MANAGED) != "true" or project is None or container_name(project) != handle.name:
+        problems = []
+        if labels.get(LABEL_MANAGED) != "true" or project is None:
+            problems.append("it carries no deployer labels")
+        elif container_name(project) != handle.name or (handle.project and project != handle.project):
+            problems.append(f"it belongs to project {project}")
+        elif handle.spec_hash and labels.get(LABEL_SPEC_HASH) not in (None, handle.spec_hash):
+            problems.append("its spec differs from the recorded one")
+        elif handle.state_dir and labels.get(LABEL_STATE_DIR) not in (None, "", handle.state_dir):
+            problems.append(f"it belongs to the state directory {labels.get(LABEL_STATE_DIR)}")
+        if problems:
             raise UsageError(
-                f"container {container.name} ({container.short_id}) was not started by deployer for {handle.name}; "
-                "leaving it alone",
-                hint="the state directory may point at a foreign container; remove it if it is stale",
+                f"container {container.name} ({container.short_id}) is not the server recorded for"
+                f" {handle.project or handle.name}: {problems[0]}; leaving it alone",
+                hint="the state directory may point at a foreign container; `deployer down` clears the record",
             )
+
+    def _ensure_network(self, project: str) -> str:
+        """The project's own network, created (labelled as ours) when missing."""
+        name = network_name(project)
+        with _docker_errors(f"create network {name}"):
+            try:
+                network = self.client.networks.get(name)
+            except NotFound:
+                self.client.networks.create(
+                    name,
+                    driver="bridge",
+                    labels={LABEL_PROJECT: project, LABEL_MANAGED: "true"},
+                    # Containers on it (only this project's server) cannot reach each other either.
+                    options={"com.docker.network.bridge.enable_icc": "false"},
+                )
+                return name
+            labels = network.attrs.get("Labels") or {}
+            if labels.get(LABEL_MANAGED) != "true" or labels.get(LABEL_PROJECT) != project:
+                raise RuntimeUnavailable(
+                    f"a Docker network named {name} exists and was not created by deployer for project {project}",
+                    hint=f"remove it (`docker network rm {name}`) or rename the project",
+                )
+        return name
+
+    def _remove_network(self, project: str) -> None:
+        """Remove the project's network once nothing is attached (best effort: a leftover is harmless)."""
+        if not project:
+            return
+        with contextlib.suppress(DockerException, requests.exceptions.RequestException):
+            network = self.client.networks.get(network_name(project))
+            labels = network.attrs.get("Labels") or {}
+            if labels.get(LABEL_MANAGED) == "true" and labels.get(LABEL_PROJECT) == project:
+                network.reload()
+                if not network.attrs.get("Containers"):
+                    network.remove()
 
     def _handle(self, container: Any, grpc_port: int, rest_port: int | None, bind_host: str) -> ServerHandle:
         host = _dial_host(bind_host)
         labels = container.labels or {}
+        weakenings = str(labels.get(LABEL_WEAKENINGS, ""))
         return ServerHandle(
             runtime=self.name,
             ident=str(container.id),
@@ -512,5 +581,8 @@ class DockerRuntime:
             spec_hash=str(labels.get(LABEL_SPEC_HASH, "")),
             image=str(container.attrs.get("Config", {}).get("Image", "")) or None,
             started_at=_started_at(container.attrs),
+            project=str(labels.get(LABEL_PROJECT, "")),
+            state_dir=str(labels.get(LABEL_STATE_DIR, "")),
+            weakenings=tuple(w for w in weakenings.split(",") if w),
         )
 

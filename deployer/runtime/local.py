@@ -2,7 +2,9 @@
 
 ``tensorflow_model_server`` when it is on PATH, else deployer's compatible server from this very
 Python environment. The pid and log files live in the state directory; a pid is only ever signalled
-after its command line proves it is the server of that state directory (pids get reused).
+after it proves to be the server of *this manifest's* state directory: its command line names that
+directory's models.config, and its start time matches the one recorded when it was started (a
+reused pid has another). The state directory comes from the manifest, never from the process.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import ClassVar
 
+from deployer import safe_io
 from deployer.errors import RuntimeUnavailable
 from deployer.runtime.base import LaunchSpec, Layout, ProcessState, ServerHandle
 from deployer.server_config import MODELS_CONFIG
@@ -94,6 +97,25 @@ def _config_marker(state_dir: Path) -> str:
     return str(StateDir(state_dir.resolve()).config_dir / MODELS_CONFIG)
 
 
+def start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat); None if unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces and parentheses: count fields after the last ")".
+    fields = stat.rpartition(")")[2].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def binds_every_interface(command: Sequence[str]) -> bool:
+    """tensorflow_model_server has no bind-address flag: it listens on 0.0.0.0 whatever server.host says."""
+    return Path(command[0]).name == TF_SERVING_BINARY
+
+
 class LocalRuntime:
     name: ClassVar[str] = "local"
 
@@ -121,7 +143,7 @@ class LocalRuntime:
             raise RuntimeUnavailable(f"the model server command {command[0]} is not installed")
         grpc_port = self._port(spec.host, spec.grpc_port, "gRPC", avoid=())
         rest_port = self._port(spec.host, spec.rest_port, "REST", avoid=(grpc_port,))
-        state = StateDir(spec.state_dir)
+        state = StateDir(spec.state_dir, spec.project or None)
         state.ensure()
         argv = [*command, f"--port={grpc_port}", f"--rest_api_port={rest_port}", *spec.args]
         if _config_marker(spec.state_dir) not in " ".join(argv):
@@ -130,23 +152,28 @@ class LocalRuntime:
         env = dict(os.environ)
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         env.setdefault("PYTHONUNBUFFERED", "1")
-        with open(state.log_file, "wb") as log:
-            try:
-                process = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                    cwd=str(spec.state_dir),
-                    # Its own session: Ctrl-C in the terminal that ran `deployer up` must not kill the server.
-                    start_new_session=True,
-                    close_fds=True,
-                )
-            except OSError as exc:
-                raise RuntimeUnavailable(f"cannot start {command[0]}: {exc.strerror}") from None
+        # The compatible server binds this address (tensorflow_model_server always binds 0.0.0.0).
+        env["DEPLOYER_MODEL_SERVER_HOST"] = spec.host
+        log_fd = state.open_log()
+        try:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log_fd,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=str(spec.state_dir),
+                # Its own session: Ctrl-C in the terminal that ran `deployer up` must not kill the server.
+                start_new_session=True,
+                close_fds=True,
+            )
+        except OSError as exc:
+            raise RuntimeUnavailable(f"cannot start {command[0]}: {exc.strerror}") from None
+        finally:
+            os.close(log_fd)
         _children[process.pid] = process
-        state.pid_file.write_text(f"{process.pid}\n", encoding="utf-8")
+        ticks = start_ticks(process.pid)
+        state.write_pid(process.pid, ticks)
         return ServerHandle(
             runtime=self.name,
             ident=str(process.pid),
@@ -156,15 +183,27 @@ class LocalRuntime:
             spec_hash=spec.spec_hash,
             image=None,
             started_at=time.time(),
+            project=spec.project,
+            state_dir=str(spec.state_dir),
+            start_ticks=ticks,
+            weakenings=spec.weakenings,
         )
 
     def find(self, project: str, state_dir: Path) -> ServerHandle | None:
         state = StateDir(state_dir)
-        pid = _read_pid(state.pid_file)
-        if pid is None or not self._is_ours(pid, state_dir):
+        recorded_pid = state.read_pid()
+        if recorded_pid is None:
+            return None
+        pid, ticks = recorded_pid
+        if not self._is_ours(pid, state_dir, ticks):
             return None
         recorded = _safe_handle(state)
-        if recorded is not None and recorded.runtime == self.name and recorded.ident == str(pid):
+        if (
+            recorded is not None
+            and recorded.runtime == self.name
+            and recorded.ident == str(pid)
+            and recorded.claims(project, state_dir)
+        ):
             return recorded
         # The handle file is gone or stale: rebuild what we can from the command line. An empty spec
         # hash makes the next `up` recreate the server rather than trust a spec it cannot verify.
@@ -180,6 +219,9 @@ class LocalRuntime:
             spec_hash="",
             image=None,
             started_at=0.0,
+            project=project,
+            state_dir=str(state_dir),
+            start_ticks=ticks,
         )
 
     def state(self, handle: ServerHandle) -> ProcessState:
@@ -199,7 +241,7 @@ class LocalRuntime:
 
     def logs(self, handle: ServerHandle, tail: int = 50) -> str:
         log_file = self._log_file(handle)
-        if log_file is None or not log_file.is_file():
+        if log_file is None:
             return ""
         return _tail(log_file, tail)
 
@@ -229,7 +271,7 @@ class LocalRuntime:
     def stop(self, handle: ServerHandle) -> None:
         pid = int(handle.ident)
         state_dir = self._state_dir_of(handle)
-        if state_dir is not None and not self._is_ours(pid, state_dir):
+        if state_dir is not None and not self._is_ours(pid, state_dir, handle.start_ticks):
             self._forget(pid, state_dir)
             return
         if state_dir is None and pid not in _children:
@@ -250,7 +292,7 @@ class LocalRuntime:
         pid = int(handle.ident)
         argv = _cmdline(pid)
         state_dir = self._state_dir_of(handle)
-        if argv is None or state_dir is None or not self._is_ours(pid, state_dir):
+        if argv is None or state_dir is None or not self._is_ours(pid, state_dir, handle.start_ticks):
             raise RuntimeUnavailable(
                 f"cannot restart the local server {handle.ident}: it is not running", hint="run `deployer up`"
             )
@@ -262,7 +304,7 @@ class LocalRuntime:
         host = handle.grpc_target.rpartition(":")[0]
         runtime = LocalRuntime(state_dir, command=command, stop_grace_s=self._stop_grace_s)
         spec = LaunchSpec(
-            project="",
+            project=handle.project,
             spec_hash=handle.spec_hash,
             image="",
             host=host,
@@ -271,6 +313,7 @@ class LocalRuntime:
             args=args,
             layout=Layout(model_paths={}, config_dir=str(StateDir(state_dir).config_dir)),
             state_dir=state_dir,
+            weakenings=handle.weakenings,
         )
         return runtime.start(spec)
 
@@ -285,9 +328,13 @@ class LocalRuntime:
             )
         return port
 
-    def _is_ours(self, pid: int, state_dir: Path) -> bool:
+    def _is_ours(self, pid: int, state_dir: Path, ticks: int | None) -> bool:
+        """The server of ``state_dir``: its command line names that config, and (when recorded) it
+        started when the recorded process did; a pid reused by anything else fails one or the other."""
         argv = _cmdline(pid)
-        return argv is not None and _config_marker(state_dir) in " ".join(argv) and self._alive(pid)
+        if argv is None or _config_marker(state_dir) not in " ".join(argv) or not self._alive(pid):
+            return False
+        return ticks is None or start_ticks(pid) == ticks
 
     @staticmethod
     def _alive(pid: int) -> bool:
@@ -297,12 +344,12 @@ class LocalRuntime:
         return _cmdline(pid) is not None and not _zombie(pid)
 
     def _state_dir_of(self, handle: ServerHandle) -> Path | None:
-        argv = _cmdline(int(handle.ident))
-        config = _flag(argv, "model_config_file") if argv else None
-        if config is not None:
-            # <state>/config/models.config
-            return Path(config).parent.parent
-        return self._state_dir
+        """The state directory to check the process against: this runtime's (the manifest's), else the
+        handle's own record. Never the process's command line: a stranger's server names its own
+        directory there, which is how a copied handle once made `down -f B` stop project A's server."""
+        if self._state_dir is not None:
+            return self._state_dir
+        return Path(handle.state_dir) if handle.state_dir else None
 
     def _log_file(self, handle: ServerHandle) -> Path | None:
         state_dir = self._state_dir_of(handle)
@@ -314,20 +361,11 @@ class LocalRuntime:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 _exit_codes[pid] = child.wait(timeout=1.0)
         if state_dir is not None:
-            pid_file = StateDir(state_dir).pid_file
-            if _read_pid(pid_file) == pid:
-                pid_file.unlink(missing_ok=True)
+            StateDir(state_dir).remove_pid(pid)
 
 
 def _dial(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else host
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        return int(path.read_text(encoding="utf-8").strip())
-    except (FileNotFoundError, ValueError):
-        return None
 
 
 def _safe_handle(state: StateDir) -> ServerHandle | None:
@@ -364,7 +402,11 @@ def _describe_exit(code: int) -> str:
 
 
 def _tail(path: Path, lines: int) -> str:
-    with open(path, "rb") as handle:
+    try:
+        fd = safe_io.open_nofollow(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return ""
+    with os.fdopen(fd, "rb") as handle:
         handle.seek(0, os.SEEK_END)
         size = handle.tell()
         block = min(size, max(4096, lines * 400))

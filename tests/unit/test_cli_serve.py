@@ -73,7 +73,7 @@ def test_up_json_shape(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
     doc = json.loads(result.stdout)
     assert set(doc) == {
         "project", "runtime", "runtime_reason", "action", "action_reason", "server", "models", "exported", "smoke",
-        "health", "timings_s", "next",
+        "health", "timings_s", "next", "weakenings",
     }  # fmt: skip
     assert doc["next"][-1] == f"deployer down -f {manifest}"
     assert doc["server"]["grpc"] == "127.0.0.1:5000" and doc["server"]["rest"] == "http://127.0.0.1:5001"
@@ -322,8 +322,8 @@ def test_down_with_model(manifest: str, monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 def test_down_and_logs(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
     result = run("down", "-f", manifest, "--json")
-    assert result.exit_code == 0 and json.loads(result.stdout) == {"project": json.loads(result.stdout)["project"],
-                                                                     "stopped": []}  # fmt: skip
+    doc = json.loads(result.stdout)
+    assert result.exit_code == 0 and doc == {"project": doc["project"], "stopped": [], "warnings": []}
     monkeypatch.setattr(orchestrate, "down", lambda m: orchestrate.DownReport("p", [HANDLE]))
     assert "stopped local server deployer.model_server (4242)" in run("down", "-f", manifest).stdout
     nothing = run("logs", "-f", manifest)

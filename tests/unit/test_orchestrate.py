@@ -444,7 +444,8 @@ def test_local_runtime_lifecycle(tmp_path: Path) -> None:
         pid = int(handle.ident)
         # Its own session: a Ctrl-C aimed at `deployer up` must not reach the server.
         assert os.getsid(pid) == pid
-        assert state.pid_file.read_text().strip() == handle.ident
+        # The pid, then its start time: a reused pid has another start time and is never signalled.
+        assert state.pid_file.read_text().split() == [handle.ident, str(handle.start_ticks)]
         grpc_port = int(handle.grpc_target.rpartition(":")[2])
         assert grpc_port > 0 and handle.rest_url is not None and not handle.rest_url.endswith(f":{grpc_port}")
         assert runtime.state(handle).running

@@ -14,10 +14,12 @@ uses ("Could not find variable").
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import shutil
+import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,12 +31,14 @@ from deployer import __version__, apis, store, tf_noise
 from deployer.apis import examples, request_builder
 from deployer.apis.base import Api, Batch
 from deployer.errors import InputDataError, StoreError, TrainerError
-from deployer.manifest import Manifest, ModelSpec
+from deployer.manifest import FLOAT32_MAX, Manifest, ModelSpec
 from deployer.trainer import Progress, TrainResult, load_trainer, run_trainer
 
 # TF Serving reads at most this many warmup records.
 MAX_WARMUP_RECORDS = 1000
 MAX_PUBLISH_ATTEMPTS = 5
+# `predict --input` reads at most this much: rows for an in-process prediction, not a data set.
+MAX_INPUT_BYTES = 64 * 1024 * 1024
 
 Row = dict[str, Any]
 
@@ -268,25 +272,64 @@ _FEATURE_INPUT_HINT = (
 )
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _value(value: Any, dtype: str, where: str) -> Any:
-    """One feature value from a CSV cell, a NAME=VALUE pair or JSON, as its dtype's Python value."""
+    """One feature value from a CSV cell, a NAME=VALUE pair or JSON, as its dtype's Python value.
+
+    A float feature travels as float32: 1e39 is finite here and inf in the model, so it is refused."""
     if dtype == "string":
         if not isinstance(value, str):
-            raise InputDataError(f"{where}: {value!r} is not a string")
+            raise InputDataError(f"{where}: {_shown(value)} is not a string")
         return value
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise InputDataError(f"{where}: {value!r} is not a number")
+        raise InputDataError(f"{where}: {_shown(value)} is not a number")
     try:
         number = float(value)
     except ValueError:
-        raise InputDataError(f"{where}: {value!r} is not a number") from None
+        raise InputDataError(f"{where}: {_shown(value)} is not a number") from None
+    except OverflowError:  # an int with hundreds of digits
+        raise InputDataError(f"{where}: {_shown(value)} is too large for the feature's {dtype}") from None
     if not math.isfinite(number):
-        raise InputDataError(f"{where}: {value!r} is not a finite number")
+        raise InputDataError(f"{where}: {_shown(value)} is not a finite number")
     if dtype == "int":
         if not number.is_integer():
-            raise InputDataError(f"{where}: {value!r} is not an integer")
-        return int(value) if isinstance(value, int) else int(number)
+            raise InputDataError(f"{where}: {_shown(value)} is not an integer")
+        integer = int(value) if isinstance(value, int) else int(number)
+        if not -(2**63) <= integer < 2**63:
+            raise InputDataError(f"{where}: {_shown(value)} does not fit in int64")
+        return integer
+    if abs(number) > FLOAT32_MAX:
+        raise InputDataError(f"{where}: {_shown(value)} is outside the float32 range of the model's features")
     return number
+
+
+def _read_input(path: Path) -> str:
+    """The text of a prediction input file: a regular file (a FIFO would hang, /dev/zero never end), bounded."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InputDataError(f"input file not found: {path}") from None
+    except OSError as exc:
+        raise InputDataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputDataError(f"cannot read {path}: not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(MAX_INPUT_BYTES + 1)
+    except OSError as exc:  # e.g. /proc/self/mem: a "regular" file whose read fails
+        raise InputDataError(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_INPUT_BYTES:
+        raise InputDataError(f"{path} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputDataError(f"cannot read {path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
 
 def _row(record: dict[str, Any], model: ModelSpec, where: str) -> Row:
@@ -305,20 +348,18 @@ def rows_from_csv(path: Path, model: ModelSpec) -> list[Row]:
     """Rows of a CSV with a header; columns other than the features are ignored."""
     _feature_model(model)
     feature_names = model.feature_names
+    text = _read_input(path)
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            header = reader.fieldnames or []
-            missing = [name for name in feature_names if name not in header]
-            if missing:
-                raise InputDataError(
-                    f"{path}: missing feature column {', '.join(repr(m) for m in missing)}",
-                    hint=f"the header must name the features: {', '.join(feature_names)}",
-                )
-            rows = [_row(record, model, f"{path} line {reader.line_num}") for record in reader]
-    except FileNotFoundError:
-        raise InputDataError(f"input file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        header = reader.fieldnames or []
+        missing = [name for name in feature_names if name not in header]
+        if missing:
+            raise InputDataError(
+                f"{path}: missing feature column {', '.join(repr(m) for m in missing)}",
+                hint=f"the header must name the features: {', '.join(feature_names)}",
+            )
+        rows = [_row(record, model, f"{path} line {reader.line_num}") for record in reader]
+    except csv.Error as exc:
         raise InputDataError(f"cannot read {path}: {exc}") from None
     if not rows:
         raise InputDataError(f"{path}: no data rows")
@@ -326,12 +367,14 @@ def rows_from_csv(path: Path, model: ModelSpec) -> list[Row]:
 
 
 def _read_json(path: Path) -> Any:
+    text = _read_input(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputDataError(f"input file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return json.loads(text)
+    except ValueError as exc:
         raise InputDataError(f"cannot read {path}: {exc}") from None
+    except RecursionError:
+        # The JSON parser recurses once per nesting level; a model input needs a handful.
+        raise InputDataError(f"cannot read {path}: nested too deeply") from None
 
 
 def rows_from_json(data: Any, model: ModelSpec, where: str) -> list[Row]:

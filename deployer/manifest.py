@@ -588,13 +588,16 @@ def _read_manifest_text(source: Path) -> str:
         raise ManifestError(f"manifest not found: {source}", hint="pass -f manifests/<name>.yaml") from None
     except (OSError, ValueError) as exc:
         raise ManifestError(f"cannot read manifest {source}: {getattr(exc, 'strerror', None) or exc}") from None
-    with os.fdopen(fd, "rb") as handle:
+    try:
         info = os.fstat(fd)
         if stat.S_ISDIR(info.st_mode):
             raise ManifestError(f"cannot read manifest {source}: it is a directory")
         if not stat.S_ISREG(info.st_mode):
             raise ManifestError(f"cannot read manifest {source}: not a regular file")
-        data = handle.read(MAX_MANIFEST_BYTES + 1)
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
+    finally:
+        os.close(fd)
     if len(data) > MAX_MANIFEST_BYTES:
         raise ManifestError(f"manifest {source} is larger than {MAX_MANIFEST_BYTES // 1024} KiB")
     try:

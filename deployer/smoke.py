@@ -9,7 +9,12 @@ This module must stay TensorFlow-free: ``deployer smoke`` runs in CI on every de
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import stat
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -19,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from deployer import apis
+from deployer import apis, safe_io
 from deployer.apis import request_builder
 from deployer.apis.base import Api
 from deployer.client import ServingClient
-from deployer.errors import ServerRequestError
+from deployer.errors import DeployerError, ServerRequestError, UnsafeStateError, UsageError
 from deployer.manifest import ModelSpec, SmokeCase
 
 
@@ -286,8 +291,94 @@ def junit_xml(reports: Sequence[SmokeReport]) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
+_XML_DECLARATION = '<?xml version="1.0" encoding="UTF-8"?>\n'
+
+
+class JUnitTarget:
+    """Where the JUnit report goes, proven writable *before* the smoke run, so a report that cannot
+    be written fails at once (exit 2, naming the path) instead of after the run, lost.
+
+    A regular file (or a new one) is written atomically through a temp file opened now in its
+    directory; a device or FIFO (``/dev/stdout``) is opened now and gets the XML declaration as a
+    probe write, which is what makes ``/dev/full`` fail before anything runs.
+    """
+
+    def __init__(self, path: Path, fd: int, tmp: Path | None) -> None:
+        self.path, self._fd, self._tmp = path, fd, tmp
+
+    @classmethod
+    def open(cls, path: str | Path) -> JUnitTarget:
+        out = Path(path)
+
+        def refuse(reason: str) -> UsageError:
+            return UsageError(f"cannot write the JUnit report to {out}: {reason}", hint="pass --junit a writable file")
+
+        try:
+            info = os.stat(out)
+        except FileNotFoundError:
+            info = None
+        except OSError as exc:
+            raise refuse(exc.strerror or str(exc)) from None
+        if info is not None and stat.S_ISDIR(info.st_mode):
+            raise refuse("it is a directory")
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            try:
+                fd = os.open(out, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                os.set_blocking(fd, True)
+            except OSError as exc:
+                reason = "a FIFO with no reader" if exc.errno == errno.ENXIO else exc.strerror or str(exc)
+                raise refuse(reason) from None
+            target = cls(out, fd, None)
+        else:
+            try:
+                if not out.parent.is_dir():
+                    safe_io.make_dirs(out.parent, safe_io.SHARED_DIR)
+                fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+            except (OSError, UnsafeStateError) as exc:
+                reason = exc.message if isinstance(exc, UnsafeStateError) else exc.strerror or str(exc)
+                raise refuse(reason) from None
+            target = cls(out, fd, Path(tmp))
+        try:
+            target._put(_XML_DECLARATION)
+        except OSError as exc:
+            target.discard()
+            raise refuse(exc.strerror or str(exc)) from None
+        return target
+
+    def _put(self, text: str) -> None:
+        data = text.encode("utf-8")
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+        if self._tmp is not None:
+            os.fsync(self._fd)
+
+    def write(self, reports: Sequence[SmokeReport]) -> Path:
+        """Write the report (the declaration is already there). Raises DeployerError naming the path."""
+        try:
+            self._put(junit_xml(reports).removeprefix(_XML_DECLARATION))
+            if self._tmp is not None:
+                os.fchmod(self._fd, safe_io.SHARED_FILE)
+                os.close(self._fd)
+                self._fd = -1
+                os.replace(self._tmp, self.path)
+                self._tmp = None
+        except OSError as exc:
+            self.discard()
+            raise DeployerError(f"could not write the JUnit report to {self.path}: {exc.strerror or exc}") from None
+        finally:
+            self.discard()
+        return self.path
+
+    def discard(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            self._fd = -1
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+
 def write_junit(reports: Sequence[SmokeReport], path: str | Path) -> Path:
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(junit_xml(reports), encoding="utf-8")
-    return out
+    return JUnitTarget.open(path).write(reports)

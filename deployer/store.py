@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deployer.errors import StoreError, VersionNotFound
+from deployer import safe_io
+from deployer.errors import StoreError, UnsafeStateError, VersionNotFound
 from deployer.manifest import ModelSpec
 from deployer.protos import tf_proto
 
@@ -91,13 +92,16 @@ def allocate_version(base_path: Path, now: float | None = None) -> int:
 def ensure_base_path(base_path: Path) -> None:
     """Create the base path if needed and prove it is writable. Raises StoreError."""
     try:
-        base_path.mkdir(parents=True, exist_ok=True)
+        # Directories created here get 0755 whatever the umask (the server, maybe another user, reads
+        # them); an existing base path keeps its mode: it is not ours to change.
+        safe_io.make_dirs(base_path, safe_io.SHARED_DIR)
         probe = base_path / f"{TEMP_PREFIX}probe-{os.getpid()}"
         probe.mkdir(exist_ok=True)
         probe.rmdir()
-    except OSError as exc:
+    except (OSError, UnsafeStateError) as exc:
+        reason = exc.message if isinstance(exc, UnsafeStateError) else exc.strerror or exc
         raise StoreError(
-            f"base path {base_path} is not writable: {exc.strerror or exc}",
+            f"base path {base_path} is not writable: {reason}",
             hint="fix its permissions or change models[].base_path in the manifest",
         ) from None
 
@@ -108,7 +112,8 @@ def make_temp_dir(base_path: Path, version: int) -> Path:
     suffix = os.urandom(4).hex()
     path = base_path / f"{TEMP_PREFIX}{version}-{os.getpid()}-{suffix}"
     try:
-        path.mkdir()
+        # Private while it is being written; publish() opens it up (read-only) once complete.
+        path.mkdir(mode=safe_io.PRIVATE_DIR)
     except OSError as exc:
         raise StoreError(f"cannot create {path}: {exc.strerror or exc}") from None
     return path
@@ -165,11 +170,17 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
 
 
 def publish(tmp_dir: Path, base_path: Path, version: int) -> Path:
-    """fsync ``tmp_dir`` and atomically rename it to ``<base_path>/<version>``. Never overwrites."""
+    """Fix the modes of ``tmp_dir``, fsync it and atomically rename it to ``<base_path>/<version>``.
+    Never overwrites.
+
+    Modes are set explicitly (0755 directories, 0644 files) whatever the umask TensorFlow wrote them
+    under: the server must read them, and nobody may write them (a SavedModel is code the server runs).
+    """
     final = base_path / str(version)
     if tmp_dir.parent.resolve() != base_path.resolve():
         raise StoreError(f"{tmp_dir} must be inside {base_path} for an atomic rename")
     try:
+        safe_io.set_tree_modes(tmp_dir)
         fsync_tree(tmp_dir)
         _rename_noreplace(tmp_dir, final)
         _fsync_path(base_path, directory=True)

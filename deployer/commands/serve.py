@@ -295,7 +295,7 @@ def smoke(
     """
     from deployer import console
     from deployer.commands import targets
-    from deployer.smoke import run_smoke, run_smoke_rest, write_junit
+    from deployer.smoke import JUnitTarget, run_smoke, run_smoke_rest
 
     if label is not None and version is not None:
         raise UsageError("choose --label or --version, not both")
@@ -304,7 +304,14 @@ def smoke(
     models = [m for m in models if m.smoke]
     if not models:
         raise UsageError("the manifest has no smoke cases", hint="add models[].smoke entries")
-    connection = targets.connect(manifest, target, rest_url)
+    # Before any request: a report that cannot be written fails now, not after the run.
+    junit = JUnitTarget.open(junit_path) if junit_path else None
+    try:
+        connection = targets.connect(manifest, target, rest_url)
+    except BaseException:
+        if junit is not None:
+            junit.discard()
+        raise
     client = connection.client
     reports = []
     try:
@@ -322,10 +329,14 @@ def smoke(
                 )
             else:
                 reports.append(run_smoke(client, model, version=version, label=chosen, timeout=timeout))
+    except BaseException:
+        if junit is not None:
+            junit.discard()
+        raise
     finally:
         client.close()
-    if junit_path:
-        write_junit(reports, junit_path)
+    if junit is not None:
+        junit.write(reports)
     if as_json:
         console.emit_json({"passed": all(r.passed for r in reports), "reports": [r.to_json() for r in reports]})
     else:

@@ -68,3 +68,44 @@ def test_exit_code_table_matches_the_classes() -> None:
         "smoke_failed": 5,
         "promote_failed": 6,
     }
+
+
+# Item 14 of issue 9: click's own usage errors printed three lines (Usage/Try/Error); every one is
+# now the same one line as our own errors, with exit code 2.
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--no-such-option"],
+        ["no-such-command"],
+        ["up"],
+        ["up", "-f"],
+        ["up", "-f", "m.yaml", "--runtime", "moon"],
+        ["smoke", "-f", "m.yaml", "--timeout", "soon"],
+        ["promote", "-f", "m.yaml"],
+        ["promote", "abc", "-f", "m.yaml"],
+        ["history", "-f", "m.yaml", "--limit", "0"],
+        ["logs", "-f", "m.yaml", "--tail", "x"],
+        ["down", "-f", "m.yaml", "extra"],
+    ],
+)
+def test_click_usage_errors_are_one_line(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("deployer: error: ")
+    assert "Usage:" not in result.stderr and "Try " not in result.stderr
+
+
+def test_usage_errors_name_the_command_and_its_help() -> None:
+    result = CliRunner().invoke(main, ["up", "-f", "m.yaml", "--runtime", "moon"])
+    assert result.stderr.startswith("deployer: error: up: Invalid value for '--runtime'")
+    assert result.stderr.rstrip().endswith("(see `deployer up --help`)")
+
+
+# Item 16: a NUL byte in an argument (which no exec can pass, but a wrapper or a test harness can)
+# failed deep inside with a ValueError (exit 1); it is a usage error naming the argument.
+def test_a_nul_byte_in_an_argument_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["status", "-f", "manifest\0.yaml"])
+    assert result.exit_code == 2
+    assert result.stderr == "deployer: error: argument 3 ('manifest'...) contains a NUL byte\n"

@@ -15,6 +15,7 @@ promotion settles on disk, under the state lock, before it reads the history for
 
 from __future__ import annotations
 
+import errno
 import getpass
 import json
 import os
@@ -28,7 +29,7 @@ from typing import Any, Literal
 from filelock import FileLock, Timeout
 
 from deployer import safe_io
-from deployer.errors import DeployerError
+from deployer.errors import DeployerError, UnsafeStateError
 
 Result = Literal["ok", "failed", "rolled_back", "pending"]
 Kind = Literal["promote", "rollback"]
@@ -161,6 +162,9 @@ class Ledger:
                 hint=f"a deployer process may be stuck; check {self.path}.lock",
             ) from None
         except OSError as exc:
+            if exc.errno == errno.ELOOP:  # filelock opens its lock file with O_NOFOLLOW too
+                link = exc.filename or self.path
+                raise UnsafeStateError(f"{link} is a symlink; deployer does not follow symlinks in its state") from None
             raise DeployerError(f"cannot append to the ledger {self.path}: {exc.strerror or exc}") from None
 
     @staticmethod

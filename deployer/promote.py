@@ -476,6 +476,8 @@ def label_in_config(state: StateDir, model: str, label: str) -> int | None:
 def settled_history(state: StateDir) -> History:
     """The ledger as `history` shows it: dangling intents settled from models.config, unless their
     process still holds the state lock (then the promotion is in progress and stays pending)."""
+    if not state.check():
+        return History(entries=[], skipped_lines=[])
     holder = state.lock_holder_pid()
     return Ledger(state.ledger).settled(
         lambda m, lbl: label_in_config(state, m, lbl), lambda pid: holder is not None and pid == holder

@@ -531,6 +531,9 @@ def _load_owned_handle(manifest: Manifest, state: StateDir, warn: Progress) -> S
         # A handle from before ownership was recorded: its container name still says whose it is.
         warn(f"ignoring {state.handle_file}: it records container {handle.name}, not this project's")
         return None
+    if handle.runtime == "local" and not _local(manifest).recognises(handle):
+        warn(f"ignoring {state.handle_file}: pid {handle.ident} is not this state directory's server")
+        return None
     return handle
 
 
@@ -1004,21 +1007,22 @@ def down(manifest: Manifest) -> DownReport:
     state = StateDir(manifest.state_path, manifest.project)
     warnings: list[str] = []
     stopped: list[ServerHandle] = []
-    if not state.check():
-        return DownReport(manifest.project, stopped, warnings)
-    handle = _load_owned_handle(manifest, state, warnings.append)
-    if handle is not None:
-        try:
-            runtime = runtime_named(handle.runtime, manifest)
-            retire(runtime, handle, state, "stopped by `deployer down`")
-            stopped.append(handle)
-        except (RuntimeUnavailable, UsageError) as exc:
-            warnings.append(f"could not stop the recorded {handle.runtime} server {handle.name}: {exc.message}")
+    handle: ServerHandle | None = None
     local = _local(manifest)
-    stray = local.find(manifest.project, state.root)
-    if stray is not None and (handle is None or stray.ident != handle.ident):
-        retire(local, stray, state, "stopped by `deployer down`")
-        stopped.append(stray)
+    exists = state.check()
+    if exists:
+        handle = _load_owned_handle(manifest, state, warnings.append)
+        if handle is not None:
+            try:
+                runtime = runtime_named(handle.runtime, manifest)
+                retire(runtime, handle, state, "stopped by `deployer down`")
+                stopped.append(handle)
+            except (RuntimeUnavailable, UsageError) as exc:
+                warnings.append(f"could not stop the recorded {handle.runtime} server {handle.name}: {exc.message}")
+        stray = local.find(manifest.project, state.root)
+        if stray is not None and (handle is None or stray.ident != handle.ident):
+            retire(local, stray, state, "stopped by `deployer down`")
+            stopped.append(stray)
     if handle is None or handle.runtime != "docker":
         # A container whose handle file was lost still carries this project's label.
         with suppress(RuntimeUnavailable):
@@ -1027,11 +1031,12 @@ def down(manifest: Manifest) -> DownReport:
             if found is not None:
                 retire(docker, found, state, "stopped by `deployer down`")
                 stopped.append(found)
-    state.clear_handle()
-    recorded = state.read_pid()
-    if recorded is not None and local.find(manifest.project, state.root) is None:
-        # A pid file naming a process that is not (or no longer) our server is stale: clean it up.
-        state.remove_pid(recorded[0])
+    if exists:
+        state.clear_handle()
+        recorded = state.read_pid()
+        if recorded is not None and local.find(manifest.project, state.root) is None:
+            # A pid file naming a process that is not (or no longer) our server is stale: clean it up.
+            state.remove_pid(recorded[0])
     return DownReport(manifest.project, stopped, warnings)
 
 

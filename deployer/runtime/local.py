@@ -317,6 +317,18 @@ class LocalRuntime:
         )
         return runtime.start(spec)
 
+    def recognises(self, handle: ServerHandle) -> bool:
+        """False when the handle's pid is alive but is not this state directory's server (another
+        project's, or a reused pid); a gone process is recognised (there is nothing to confuse)."""
+        try:
+            pid = int(handle.ident)
+        except ValueError:
+            return False
+        state_dir = self._state_dir_of(handle)
+        if not self._alive(pid) or state_dir is None:
+            return True
+        return self._is_ours(pid, state_dir, handle.start_ticks)
+
     # ---- helpers --------------------------------------------------------------------------------
     def _port(self, host: str, port: int, what: str, avoid: Sequence[int]) -> int:
         if port == 0:

@@ -479,9 +479,24 @@ def settled_history(state: StateDir) -> History:
     if not state.check():
         return History(entries=[], skipped_lines=[])
     holder = state.lock_holder_pid()
+    # The lock's owner file survives a kill -9 of its holder: only a live holder is in progress.
+    running = holder is not None and _alive(holder)
     return Ledger(state.ledger).settled(
-        lambda m, lbl: label_in_config(state, m, lbl), lambda pid: holder is not None and pid == holder
+        lambda m, lbl: label_in_config(state, m, lbl), lambda pid: running and pid == holder
     )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (killed, not yet reaped) is not running anything
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _validate_or_refuse(manifest: Manifest, spec: ModelSpec, label: str, kind: Kind, version: int) -> None:

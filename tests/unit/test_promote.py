@@ -10,6 +10,7 @@ first), and a label never resolves to a version that is not loaded. An unsafe or
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import threading
@@ -594,3 +595,87 @@ def test_concurrent_promotions_are_serialized_and_the_ledger_chains(setup: Setup
     assert entries[0].from_version == 1 and entries[1].from_version == entries[0].to_version
     assert setup.config().labels == {"stable": entries[1].to_version}
     assert setup.server.violations == [] and setup.server.label_failures() == []
+
+
+# ---- issue 9, item 2: the ledger never lags the served state ------------------------------------
+
+
+def _killed_promotion(setup: Setup, monkeypatch: pytest.MonkeyPatch, kill_at: str) -> int:
+    """Run promote(2) in a forked child that dies like kill -9 (os._exit: no except, no finally) at
+    ``kill_at``; returns the child's exit status. The files on disk are all that survive it."""
+    real_write = promote_mod.write_atomic
+    real_append = Ledger.append
+
+    def write(path: Path, text: str, *args: Any) -> None:
+        if kill_at == "before the switch is written" and "stable" in text and "value: 2" in text:
+            os._exit(137)
+        real_write(path, text, *args)
+
+    def append(self: Ledger, entry: Any) -> None:
+        if kill_at == "before the final line" and entry.result != "pending":
+            os._exit(137)
+        real_append(self, entry)
+
+    def reload(n: int, text: str) -> ServerRequestError | None:
+        if kill_at == "after the switch is written" and n == 2:
+            os._exit(137)
+        return None
+
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            monkeypatch.setattr(promote_mod, "write_atomic", write)
+            monkeypatch.setattr(Ledger, "append", append)
+            setup.server.fail_reload = reload
+            setup.promote(2)
+        finally:
+            os._exit(0)
+    return os.waitpid(pid, 0)[1]
+
+
+@pytest.mark.parametrize(
+    ("kill_at", "moved"),
+    [("before the switch is written", False), ("after the switch is written", True), ("before the final line", True)],
+)
+def test_a_promotion_killed_at_any_point_leaves_a_history_that_knows_the_truth(
+    setup: Setup, monkeypatch: pytest.MonkeyPatch, kill_at: str, moved: bool
+) -> None:
+    status = _killed_promotion(setup, monkeypatch, kill_at)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 137
+    assert setup.config().labels == {"stable": 2 if moved else 1}
+    # `history` (in memory, nobody holds the lock): the intent is settled from models.config.
+    (entry,) = promote_mod.settled_history(setup.state).entries
+    assert (entry.from_version, entry.to_version) == (1, 2)
+    assert entry.result == ("ok" if moved else "failed")
+    assert entry.reason.startswith("recovered" if moved else "interrupted")
+    if not moved:
+        return
+    # `rollback` knows the previous version (it said "no earlier version" before) and settles the ledger
+    # on disk first. The server comes back from the file, as after a restart.
+    setup.server.start(setup.state.models_config.read_text())
+    report = setup.rollback()
+    assert (report.from_version, report.to_version) == (2, 1)
+    assert [(e.kind, e.to_version, e.result) for e in setup.ledger.entries()] == [
+        ("promote", 2, "ok"),
+        ("rollback", 1, "ok"),
+    ]
+    assert any("settled an interrupted promote" in line for line in setup.progress)
+
+
+def test_an_intent_whose_process_holds_the_lock_is_shown_in_progress(setup: Setup) -> None:
+    with setup.state.operation_lock("promote"):
+        intent = promote_mod.LedgerEntry(1.0, "u", "demo", "iris", "stable", "promote", 1, 2, "pending",
+                                         pid=os.getpid(), id="x")  # fmt: skip
+        setup.ledger.append(intent)
+        (entry,) = promote_mod.settled_history(setup.state).entries
+        assert entry.result == "pending"
+    (entry,) = promote_mod.settled_history(setup.state).entries
+    assert entry.result == "failed"  # the lock is free, the config says 1: it never happened
+
+
+def test_a_completed_promotion_writes_an_intent_then_one_final_line(setup: Setup) -> None:
+    setup.promote(2)
+    lines = setup.state.ledger.read_text().splitlines()
+    assert [json.loads(line)["result"] for line in lines] == ["pending", "ok"]
+    assert len({json.loads(line)["id"] for line in lines}) == 1
+    assert [e.result for e in setup.ledger.entries()] == ["ok"]

@@ -6,7 +6,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +47,8 @@ class World:
         self.exit_after_start = False
         self.silent = False  # the process runs but its gRPC port does not answer
         self.state_checks = 0
+        self.reloads: list[str] = []
+        self.refuse_reloads = False
 
 
 class FakeRuntime:
@@ -66,12 +68,18 @@ class FakeRuntime:
         text = self.state_dir.read_models_config() or ""
         self.world.served = {m.name: m for m in parse_models_config(text)}
         ident = str(1000 + len(self.started))
-        handle = ServerHandle(self.name, ident, "fake", f"fake:{ident}", "http://fake", spec.spec_hash)
+        handle = ServerHandle(
+            self.name, ident, "fake", f"fake:{ident}", "http://fake", spec.spec_hash,
+            project=spec.project, state_dir=str(spec.state_dir), weakenings=spec.weakenings,
+        )  # fmt: skip
         self.running[ident] = handle
         return handle
 
     def find(self, project: str, state_dir: Path) -> ServerHandle | None:
         return next(iter(self.running.values()), None)
+
+    def recognises(self, handle: ServerHandle) -> bool:
+        return True
 
     def state(self, handle: ServerHandle) -> ProcessState:
         self.world.state_checks += 1
@@ -112,7 +120,18 @@ class FakeClient(InferViaClassify):
         return [VersionStatus(v, "AVAILABLE", "OK", "") for v in self.world.served[model].versions]
 
     def metadata(self, model: str, *, version: int | None = None, label: str | None = None, timeout: Any = None) -> Any:
-        return {"model_spec": {"version": str(self.world.served[model].labels[label or ""])}}
+        if model not in self.world.served:
+            raise ServerRequestError("NOT_FOUND", code="NOT_FOUND")
+        labels = self.world.served[model].labels
+        if (label or "") not in labels:
+            raise ServerRequestError("INVALID_ARGUMENT: unknown label", code="INVALID_ARGUMENT")
+        return {"model_spec": {"version": str(labels[label or ""])}}
+
+    def reload_config(self, text: str, *, timeout: float) -> None:
+        self.world.reloads.append(text)
+        if self.world.refuse_reloads:
+            raise ServerRequestError("HandleReloadConfigRequest: FAILED_PRECONDITION: no", code="FAILED_PRECONDITION")
+        self.world.served = {m.name: m for m in parse_models_config(text)}
 
     def classify(
         self, model: str, examples: Sequence[Mapping[str, float]], *, version: int | None = None,
@@ -136,8 +155,8 @@ class Env:
         return StateDir(self.manifest.state_path)
 
 
-@pytest.fixture()
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
+def make_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """The fake world, runtime, client and trainer wired into deployer.orchestrate (other test modules reuse it)."""
     manifest = load_manifest(write_manifest(tmp_path))
     world = World()
     runtime = FakeRuntime(world, StateDir(manifest.state_path))
@@ -162,7 +181,12 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Env]:
     monkeypatch.setattr(orchestrate, "_local", lambda m: runtime)
     monkeypatch.setattr(orchestrate, "_docker", no_docker)
     monkeypatch.setattr(orchestrate, "ServingClient", FakeClient)
-    yield Env(manifest, runtime, world, trained)
+    return Env(manifest, runtime, world, trained)
+
+
+@pytest.fixture()
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+    return make_env(tmp_path, monkeypatch)
 
 
 def test_first_up_trains_serves_latest_with_labels_and_smokes(env: Env) -> None:

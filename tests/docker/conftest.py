@@ -55,6 +55,9 @@ def project(runtime: DockerRuntime) -> Iterator[str]:
     yield name
     for container in runtime.client.containers.list(all=True, filters={"label": f"{LABEL_PROJECT}={name}"}):
         container.remove(force=True)
+    # The project's own network (deployer.runtime.docker.network_name), when a test left it behind.
+    for network in runtime.client.networks.list(filters={"label": f"{LABEL_PROJECT}={name}"}):
+        network.remove()
 
 
 @pytest.fixture

@@ -48,10 +48,10 @@ class _Group(click.Group):
         except click.ClickException as exc:
             # Usage errors from click itself (unknown option, missing argument, bad value) share exit code 2
             # and our one-line format; click's own three lines (Usage/Try/Error) are not what we promise.
-            click.echo(f"deployer: error: {_click_message(exc)}", err=True)
+            click.echo(f"deployer: error: {_one_line(_click_message(exc))}", err=True)
             sys.exit(UsageError.exit_code)
         except Exception as exc:  # the one boundary for the unexpected: no traceback unless asked for
-            click.echo(f"deployer: unexpected error: {type(exc).__name__}: {exc}", err=True)
+            click.echo(f"deployer: unexpected error: {type(exc).__name__}: {_one_line(str(exc))}", err=True)
             click.echo("  (set DEPLOYER_DEBUG=1 for a traceback)", err=True)
             import os
 
@@ -81,8 +81,13 @@ def _click_message(exc: click.ClickException) -> str:
     return f"{sub + ': ' if sub else ''}{message} (see `{command} --help`)"
 
 
+def _one_line(text: str) -> str:
+    """The error line stays one line, and a value from a manifest cannot drive the terminal (escapes)."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _report(exc: DeployerError) -> None:
-    click.echo(f"deployer: error: {exc.message}", err=True)
+    click.echo(f"deployer: error: {_one_line(exc.message)}", err=True)
     if exc.details:
         click.echo(exc.details.rstrip("\n"), err=True)
     if exc.hint:

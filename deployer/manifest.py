@@ -550,8 +550,11 @@ def _format_location(loc: tuple[int | str, ...]) -> str:
         elif re.fullmatch(r"function-after\[.*\]|[a-z_-]+\[.*\]", str(part)):
             # pydantic inserts validator/union tags into locations; they mean nothing to users.
             continue
-        else:
+        elif re.fullmatch(r"[A-Za-z0-9_.-]+", str(part)):
             out += f".{part}" if out else str(part)
+        else:
+            # A key with spaces, newlines or control characters: quoted, so the message stays one line.
+            out += f"[{str(part)!r}]"
     return out
 
 
@@ -596,6 +599,8 @@ def _read_manifest_text(source: Path) -> str:
             raise ManifestError(f"cannot read manifest {source}: not a regular file")
         with os.fdopen(os.dup(fd), "rb") as handle:
             data = handle.read(MAX_MANIFEST_BYTES + 1)
+    except OSError as exc:  # e.g. /proc/self/mem: a "regular" file whose read fails
+        raise ManifestError(f"cannot read manifest {source}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
     if len(data) > MAX_MANIFEST_BYTES:
@@ -605,6 +610,9 @@ def _read_manifest_text(source: Path) -> str:
     except UnicodeDecodeError as exc:
         raise ManifestError(f"cannot read manifest {source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
 
+
+# libyaml when PyYAML was built with it (ten times faster); the same safe constructors either way.
+_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 _OPENING = (yaml.BlockMappingStartToken, yaml.BlockSequenceStartToken, yaml.FlowMappingStartToken,
             yaml.FlowSequenceStartToken)  # fmt: skip
@@ -617,7 +625,7 @@ def _check_nesting(text: str, source: Path) -> None:
     The scanner is iterative, so counting its tokens is safe at any depth.
     """
     depth = 0
-    for token in yaml.scan(text, Loader=yaml.SafeLoader):
+    for token in yaml.scan(text, Loader=_LOADER):
         if isinstance(token, _OPENING):
             depth += 1
             if depth > MAX_DEPTH:
@@ -659,7 +667,7 @@ def load_manifest(path: str | Path) -> Manifest:
     text = _read_manifest_text(source)
     try:
         _check_nesting(text, source)
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)  # a safe loader: CSafeLoader or SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -126,8 +126,11 @@ def read_bytes(path: Path, limit: int) -> bytes | None:
         fd = open_nofollow(path, os.O_RDONLY)
     except FileNotFoundError:
         return None
-    with os.fdopen(fd, "rb") as handle:
-        data = handle.read(limit + 1)
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise UnsafeStateError(f"cannot read {path}: {exc.strerror or exc}") from None
     if len(data) > limit:
         raise UnsafeStateError(f"{path} is larger than {limit} bytes; it is not a file deployer wrote")
     return data

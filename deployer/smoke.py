@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import http.client
 import json
 import os
 import stat
@@ -201,13 +202,28 @@ def rest_classify_url(rest_url: str, model: str, *, version: int | None = None, 
     return request_builder.rest_url(apis.piece("classify"), rest_url, model, request_builder.Target(version, label))
 
 
+# A classify answer for a handful of cases is kilobytes; a server sending more is broken or hostile.
+MAX_REST_RESPONSE_BYTES = 16 * 1024 * 1024
+
+
+class _Oversized(ValueError):
+    pass
+
+
+def _read_bounded(response: Any, limit: int) -> bytes:
+    data = bytes(response.read(limit + 1))
+    if len(data) > limit:
+        raise _Oversized(f"the response is larger than {limit // (1024 * 1024)} MiB")
+    return data
+
+
 def _rest_error(exc: urllib.error.HTTPError) -> str:
     try:
-        body = exc.read().decode("utf-8", "replace")
+        body = _read_bounded(exc, 64 * 1024).decode("utf-8", "replace")
         message = json.loads(body).get("error", body)
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         message = exc.reason
-    return f"HTTP {exc.code}: {message}"
+    return f"HTTP {exc.code}: {str(message)[:500]}"
 
 
 def run_smoke_rest(
@@ -230,17 +246,19 @@ def run_smoke_rest(
         sent = time.perf_counter()
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
-                payload = json.loads(response.read())
+                payload = json.loads(_read_bounded(response, MAX_REST_RESPONSE_BYTES))
         except urllib.error.HTTPError as exc:
             raise _CaseError(_rest_error(exc), time.perf_counter() - sent) from None
-        except (urllib.error.URLError, OSError, ValueError) as exc:
-            reason = getattr(exc, "reason", exc)
+        except (urllib.error.URLError, OSError, ValueError, RecursionError, http.client.HTTPException) as exc:
+            # RecursionError: a deeply nested JSON answer; HTTPException: a garbled status line or headers.
+            reason = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"[:300]
             raise _CaseError(f"POST {url}: {reason}", time.perf_counter() - sent) from None
         latency = time.perf_counter() - sent
         try:
             answer = api.parse_rest(model, case, payload)
-        except ValueError as exc:
-            raise _CaseError(str(exc), latency) from None
+        except (ValueError, TypeError, KeyError, IndexError, OverflowError, RecursionError) as exc:
+            # Whatever shape a broken or hostile server answers with, it is this case's failure.
+            raise _CaseError(f"unexpected answer: {type(exc).__name__}: {exc}"[:300], latency) from None
         return answer, latency, None
 
     started = time.perf_counter()

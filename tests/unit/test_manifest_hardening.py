@@ -206,9 +206,15 @@ def test_a_nul_byte_in_a_key_is_refused(tmp_path: Path) -> None:
     ids=["flow sequences", "flow mappings", "block sequences"],
 )
 def test_deep_nesting_is_refused_before_parsing(tmp_path: Path, text: str) -> None:
-    # Item 17 (client half): 100k `[` made PyYAML's composer raise RecursionError (exit 1).
-    with pytest.raises(ManifestError, match="nested deeper than 32 levels"):
+    # Item 17 (client half): 100k `[` made PyYAML's composer raise RecursionError (exit 1). libyaml's
+    # scanner may stop it first, at its own limit: either way one line, exit 2.
+    with pytest.raises(ManifestError, match=r"nested deeper than 32 levels|exceeded maximum nesting depth"):
         _load_text(tmp_path, text)
+
+
+def test_nesting_beyond_32_levels_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="nested deeper than 32 levels at line 2"):
+        _load_text(tmp_path, "project: p\nmodels: " + "[" * 40 + "]" * 40 + "\n")
 
 
 def test_deep_nesting_through_the_cli_is_one_line_exit_2(tmp_path: Path) -> None:
@@ -216,7 +222,8 @@ def test_deep_nesting_through_the_cli_is_one_line_exit_2(tmp_path: Path) -> None
     path.write_text("a: " + "[" * 100_000, encoding="utf-8")
     result = CliRunner().invoke(main, ["status", "-f", str(path)])
     assert result.exit_code == 2
-    assert result.stderr.startswith("deployer: error: ") and "nested deeper" in result.stderr
+    assert result.stderr.startswith("deployer: error: ")
+    assert "nested deeper" in result.stderr or "maximum nesting depth" in result.stderr
     assert len(result.stderr.splitlines()) == 1
 
 
@@ -346,3 +353,19 @@ def test_yaml_round_trip_of_the_shipped_manifest_still_loads(tmp_path: Path) -> 
     # The strict rules must not refuse what the README and manifests/ teach.
     doc = iris_manifest_doc()
     assert load_manifest(write_manifest(tmp_path, yaml.safe_load(yaml.safe_dump(doc)))).project == doc["project"]
+
+
+def test_a_key_with_newlines_or_escapes_stays_on_one_quoted_line(tmp_path: Path) -> None:
+    # Found by tests/robustness/test_fuzz_manifest.py: the field path printed the raw key.
+    doc = iris_manifest_doc()
+    doc["models"][0]["smoke"][0]["features"] = {"\n\x1b[31m": float("nan")}
+    message = _error(write_manifest(tmp_path, doc))
+    assert "models[0].smoke[0].features['\\n\\x1b[31m']: Input should be a finite number" in message
+    result = CliRunner().invoke(main, ["status", "-f", str(write_manifest(tmp_path, doc))])
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1 and "\x1b" not in result.stderr
+
+
+def test_an_unreadable_regular_file_is_a_manifest_error() -> None:
+    # Found by tests/robustness/test_fuzz_cli.py: /proc/self/mem opens as a regular file and fails on read.
+    with pytest.raises(ManifestError, match="cannot read manifest /proc/self/mem"):
+        load_manifest("/proc/self/mem")

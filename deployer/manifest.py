@@ -580,6 +580,8 @@ def format_validation_error(err: ValidationError) -> str:
         # pydantic prints the float32 limit 3.4028234663852886e38 as 340282346638528860000000000000000000000.
         msg = f"Input should be {bound} {limit:g}"
     more = f" (and {err.error_count() - 1} more error(s))" if err.error_count() > 1 else ""
+    # Validators quote the user's keys and values: one line whatever they hold (newlines, escapes).
+    msg = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(msg))
     return f"{where}: {msg}{more}" if where else f"{msg}{more}"
 
 

@@ -109,14 +109,18 @@ def test_start_publishes_a_hardened_running_container(
     uid = runtime.client.containers.get(handle.ident).exec_run(["id", "-u"]).output.decode().strip()
     assert uid not in ("", "0")
 
-    found = runtime.find(project, Path("/nonexistent"))
+    # Found by its project and state directory (the same project name from another state dir is not it).
+    state_dir = launch().state_dir
+    found = runtime.find(project, state_dir)
     assert found is not None and found.ident == handle.ident and found.grpc_target == handle.grpc_target
+    assert found.project == project and found.state_dir == str(state_dir)
+    assert runtime.find(project, Path("/nonexistent")) is None
 
     assert _wait_available(handle.grpc_target, "clf") == "AVAILABLE", runtime.logs(handle)
     assert "clf" in runtime.logs(handle, tail=200)
 
     runtime.stop(handle)
-    assert runtime.find(project, Path("/nonexistent")) is None
+    assert runtime.find(project, state_dir) is None
     assert runtime.client.containers.list(all=True, filters={"label": f"{LABEL_PROJECT}={project}"}) == []
     assert not runtime.state(handle).running
 

@@ -21,15 +21,28 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from deployer import orchestrate, store
+from deployer import apis, orchestrate, store
 from deployer.cli import main
 from deployer.errors import InputDataError, UsageError
-from deployer.export import row_from_pairs, rows_from_file
+from deployer.export import batch_from_file, batch_from_pairs
+from deployer.manifest import ModelSpec
 from deployer.smoke import JUnitTarget
 from tests.unit.test_cli_serve import HANDLE, FakeClient
 from tests.unit.test_orchestrate import write_manifest
 
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
+MODEL = ModelSpec.model_validate(
+    {"name": "iris", "base_path": "exports/iris", "api": "classify", "features": [{"name": n} for n in FEATURES],
+     "classes": ["0", "1", "2"]}
+)  # fmt: skip
+
+
+def rows_from_file(path: Path, _features: list[str]) -> Any:
+    return batch_from_file(path, MODEL, apis.piece("classify"))
+
+
+def row_from_pairs(pairs: list[str], _features: list[str]) -> Any:
+    return batch_from_pairs(pairs, MODEL, apis.piece("classify"))
 
 
 def run(*args: str) -> Result:
@@ -105,7 +118,7 @@ ROW = {"SepalLength": 5.1, "SepalWidth": 3.3, "PetalLength": 1.7, "PetalWidth": 
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        ("1" * 400, "outside the float32 range"),
+        ("1" * 400, "too large for the feature's float"),
         ("1e39", "outside the float32 range"),
         ("-3.5e38", "outside the float32 range"),
         ("1e400", "is not a finite number"),
@@ -158,7 +171,7 @@ def test_predict_input_errors_through_the_cli_are_one_line_exit_2(tmp_path: Path
     rows = _json_input(tmp_path, json.dumps(ROW).replace("5.1", "1" * 400))
     result = run("predict", "-f", str(manifest), "--local", "--input", str(rows))
     assert result.exit_code == 2, result.output
-    assert len(result.stderr.splitlines()) == 1 and "outside the float32 range" in result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "too large for the feature's float" in result.stderr
 
 
 # ---- item 6: exported SavedModels ---------------------------------------------------------------

@@ -34,7 +34,7 @@ def _ids(item: tuple[str, click.Parameter]) -> str:
 
 def test_the_commands_have_numeric_params_to_check() -> None:
     names = {_ids(item) for item in NUMERIC}
-    assert {"promote:max_score_delta", "smoke:timeout", "smoke:version", "promote:version"} <= names
+    assert {"promote:max_delta", "smoke:timeout", "smoke:version", "promote:version"} <= names
 
 
 @pytest.mark.parametrize("item", NUMERIC, ids=_ids)

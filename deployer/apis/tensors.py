@@ -8,6 +8,7 @@ other numeric dtypes a signature may return.
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -105,7 +106,7 @@ def as_array(value: Any, dtype: str, where: str) -> np.ndarray:
                 raise ValueError(f"{where}: {item!r} is not an integer")
             if not low <= int(item) <= high:
                 raise ValueError(f"{where}: {item!r} does not fit in {dtype}")
-        elif not np.isfinite(item):
+        elif not _finite(item):
             raise ValueError(f"{where}: {item!r} is not a finite number")
     numpy_dtype = MANIFEST_DTYPES[dtype][1]
     if raw.size == 0:
@@ -114,6 +115,14 @@ def as_array(value: Any, dtype: str, where: str) -> np.ndarray:
     if dtype in ("float32", "float64") and not np.all(np.isfinite(converted)):
         raise ValueError(f"{where}: a value overflows {dtype}")
     return converted
+
+
+def _finite(item: int | float) -> bool:
+    # np.isfinite raises TypeError on an int beyond int64 (found by tests/robustness/test_manifest_fuzz.py).
+    try:
+        return math.isfinite(item)
+    except OverflowError:
+        return False
 
 
 def shape_matches(shape: tuple[int, ...], wanted: list[int] | tuple[int, ...]) -> bool:

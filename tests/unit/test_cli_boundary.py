@@ -77,7 +77,7 @@ def test_exit_code_table_matches_the_classes() -> None:
     [
         ["--no-such-option"],
         ["no-such-command"],
-        ["up"],
+        ["up", "--no-such-flag"],
         ["up", "-f"],
         ["up", "-f", "m.yaml", "--runtime", "moon"],
         ["smoke", "-f", "m.yaml", "--timeout", "soon"],

@@ -158,6 +158,9 @@ class FakeContainer:
     def stop(self, timeout: int) -> None:
         self.stopped = True
 
+    def logs(self, **kwargs: Any) -> bytes:
+        return b"fake container log\n"
+
     def remove(self, force: bool) -> None:
         pass
 

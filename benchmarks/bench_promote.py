@@ -107,8 +107,8 @@ class Sample:
 class Load:
     """Paced batch-1 Classify on a label: each thread sends on its own schedule (no catch-up bursts)."""
 
-    def __init__(self, target: str, rps: float, threads: int) -> None:
-        self.target, self.rps, self.threads = target, rps, threads
+    def __init__(self, target: str, rps: float, threads: int, lb_policy: str | None = None) -> None:
+        self.target, self.rps, self.threads, self.lb_policy = target, rps, threads, lb_policy
         self.samples: list[Sample] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
@@ -123,7 +123,7 @@ class Load:
         example = [dict(zip(FEATURES, ROWS[1], strict=True))]
         started = time.perf_counter()
         next_send = started + offset
-        with ServingClient(self.target, timeout=10.0) as client:
+        with ServingClient(self.target, timeout=10.0, lb_policy=self.lb_policy) as client:
             while not self._stop.is_set() and time.perf_counter() - started < MAX_SECONDS:
                 delay = next_send - time.perf_counter()
                 if delay > 0:

@@ -15,7 +15,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-GROUPS = ["offline", "server", "up", "promote", "models"]
+GROUPS = ["offline", "server", "up", "promote", "models", "swarm"]
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 TITLE = (

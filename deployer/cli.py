@@ -119,7 +119,7 @@ def main() -> None:
 def _register() -> None:
     import importlib
 
-    for module in ("offline", "serve", "promotion"):
+    for module in ("offline", "serve", "promotion", "render"):
         try:
             mod = importlib.import_module(f"deployer.commands.{module}")
         except ModuleNotFoundError as exc:

@@ -101,13 +101,18 @@ def _set_version_choice(spec: Any, version: int | None, label: str | None) -> No
 class ServingClient:
     """A blocking client for one server. Every call takes a deadline; errors become ServerRequestError."""
 
-    def __init__(self, target: str, *, timeout: float = 10.0) -> None:
+    def __init__(self, target: str, *, timeout: float = 10.0, lb_policy: str | None = None) -> None:
+        """``lb_policy`` "round_robin" with a target like ``ipv4:127.0.0.1:p1,127.0.0.1:p2`` spreads the
+        requests over several replicas (client-side load balancing; the default policy picks one)."""
         self.target = target
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(
-            target,
-            options=[("grpc.enable_retries", 0), ("grpc.max_receive_message_length", 64 * 1024 * 1024)],
-        )
+        options: list[tuple[str, Any]] = [
+            ("grpc.enable_retries", 0),
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+        ]
+        if lb_policy is not None:
+            options.append(("grpc.lb_policy_name", lb_policy))
+        self._channel = grpc.insecure_channel(target, options=options)
         self._models = model_service_pb2_grpc.ModelServiceStub(self._channel)
         self._predictions = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 

@@ -10,11 +10,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from deployer.client import ServingClient, VersionStatus
 from deployer.errors import NotHealthy, ServerRequestError
 from deployer.runtime.base import ProcessState
+
+if TYPE_CHECKING:
+    from deployer.fleet import Fleet
 
 # Backoff between checks: fast enough to notice a warm server within ~0.1 s, gentle on a slow cold load.
 FIRST_DELAY_S = 0.1
@@ -152,13 +155,13 @@ def divergence(
     return None
 
 
-def _exit_message(state: ProcessState) -> str:
+def exit_message(state: ProcessState) -> str:
     code = "unknown exit code" if state.exit_code is None else f"exit code {state.exit_code}"
     detail = f", {state.detail}" if state.detail and state.detail not in ("exited", "running") else ""
     return f"the server exited ({code}{detail}) before it became healthy"
 
 
-def _safe_tail(log_tail: Callable[[], str] | None) -> str | None:
+def safe_tail(log_tail: Callable[[], str] | None) -> str | None:
     if log_tail is None:
         return None
     try:
@@ -209,7 +212,7 @@ def wait_healthy(
         try:
             outcome = _check_once(probe, wanted, labels, rpc_timeout)
         except _Failed as exc:
-            raise NotHealthy(str(exc), details=_safe_tail(log_tail), hint="check the model's export") from None
+            raise NotHealthy(str(exc), details=safe_tail(log_tail), hint="check the model's export") from None
         finally:
             if probe is not client:
                 probe.close()
@@ -224,12 +227,12 @@ def wait_healthy(
         if server_state is not None:
             state = server_state()
             if not state.running:
-                raise NotHealthy(_exit_message(state), details=_safe_tail(log_tail))
+                raise NotHealthy(exit_message(state), details=safe_tail(log_tail))
         elapsed = clock() - started
         if elapsed >= deadline_s:
             raise NotHealthy(
                 f"not healthy after {deadline_s:g}s: {outcome.reason}",
-                details=_safe_tail(log_tail),
+                details=safe_tail(log_tail),
                 hint="raise server.health_deadline_seconds if the model is slow to load",
             )
         now = clock()
@@ -263,3 +266,49 @@ def wait_versions_available(
         clock=clock,
         sleep=sleep,
     )
+
+
+def _named(report: Callable[[str], None] | None, name: str) -> Callable[[str], None] | None:
+    if report is None:
+        return None
+
+    def named(line: str) -> None:
+        report(f"{name}: {line}")
+
+    return named
+
+
+def wait_fleet_healthy(
+    fleet: Fleet,
+    wanted: Mapping[str, Collection[int]],
+    labels: Mapping[str, Mapping[str, int]],
+    *,
+    deadline_s: float,
+    server_state: Callable[[], ProcessState] | None = None,
+    log_tail: Callable[[], str] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+    on_wait: Callable[[str], None] | None = None,
+) -> HealthReport:
+    """Every replica healthy within one deadline: a fleet is ready only when each member is.
+
+    The report is the first replica's (every replica serves the same config), with the checks of all.
+    """
+    started = clock()
+    reports = []
+    for member in fleet:
+        remaining = max(0.0, deadline_s - (clock() - started))
+        try:
+            report = wait_healthy(
+                member.client, wanted, labels, deadline_s=remaining, server_state=server_state,
+                log_tail=log_tail, clock=clock, sleep=sleep,
+                on_wait=_named(on_wait, member.name) if len(fleet) > 1 else on_wait,
+            )  # fmt: skip
+            reports.append(report)
+        except NotHealthy as exc:
+            if len(fleet) > 1:
+                exc.message = f"{member.name}: {exc.message}"
+                exc.args = (exc.message,)
+            raise
+    first = reports[0]
+    return HealthReport(first.models, first.labels, clock() - started, sum(r.checks for r in reports))

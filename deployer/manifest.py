@@ -395,8 +395,64 @@ def _flag_name(arg: str) -> str | None:
     return match.group(1) if match else None
 
 
+# Kubernetes names: a namespace is a DNS-1123 label, a claim a DNS-1123 subdomain.
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+_DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+# Kubernetes resource quantities, restricted to the forms people write for CPU and memory.
+_CPU = r"^([1-9][0-9]{0,5}m|[0-9]{1,3}(\.[0-9]{1,3})?)$"
+_MEMORY = r"^[1-9][0-9]{0,9}(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+_MEMORY_UNITS = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+}  # fmt: skip
+MAX_REPLICAS = 64
+DEFAULT_REPLICAS = 2  # what the swarm runtime and the Kubernetes render run when server.replicas is unset
+
+
+def cpu_millis(quantity: str) -> int:
+    return int(quantity[:-1]) if quantity.endswith("m") else round(float(quantity) * 1000)
+
+
+def memory_bytes(quantity: str) -> int:
+    match = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity)
+    if match is None:
+        raise ValueError(f"not a memory quantity: {quantity}")
+    return int(match.group(1)) * _MEMORY_UNITS[match.group(2)]
+
+
+class ResourceAmounts(_Strict):
+    cpu: Annotated[str, Field(pattern=_CPU)] | None = None
+    memory: Annotated[str, Field(pattern=_MEMORY)] | None = None
+
+
+class KubernetesResources(_Strict):
+    requests: ResourceAmounts = ResourceAmounts(cpu="500m", memory="1Gi")
+    limits: ResourceAmounts = ResourceAmounts(memory="2Gi")
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> KubernetesResources:
+        req, lim = self.requests, self.limits
+        if req.cpu and lim.cpu and cpu_millis(req.cpu) > cpu_millis(lim.cpu):
+            raise ValueError(f"requests.cpu {req.cpu} exceeds limits.cpu {lim.cpu}")
+        if req.memory and lim.memory and memory_bytes(req.memory) > memory_bytes(lim.memory):
+            raise ValueError(f"requests.memory {req.memory} exceeds limits.memory {lim.memory}")
+        return self
+
+
+class KubernetesSettings(_Strict):
+    """What `deployer render --target kubernetes` needs beyond the server settings."""
+
+    namespace: Annotated[str, Field(pattern=_DNS_LABEL)] = "default"
+    # An existing PersistentVolumeClaim holding <model name>/<version>/ SavedModels, mounted read-only.
+    # None: "<project>-models".
+    storage_claim: Annotated[str, Field(pattern=_DNS_SUBDOMAIN, max_length=253)] | None = None
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    resources: KubernetesResources = KubernetesResources()
+
+
 class ServerSettings(_Strict):
-    runtime: Literal["auto", "docker", "local"] = "auto"
+    runtime: Literal["auto", "docker", "local", "swarm"] = "auto"
+    # Server replicas: swarm and Kubernetes only (None: 2 there); docker and local run exactly one.
+    replicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] | None = None
     image: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$", max_length=255)] = DEFAULT_IMAGE
     host: Annotated[str, AfterValidator(_check_host)] = "127.0.0.1"
     # 0 picks a free port; the chosen one is read back and recorded in the state directory.
@@ -443,6 +499,7 @@ class Manifest(_Strict):
     state_dir: ManifestPath = Path(".deployer")
     models: Annotated[list[ModelSpec], Field(min_length=1, max_length=100)]
     server: ServerSettings = ServerSettings()
+    kubernetes: KubernetesSettings = KubernetesSettings()
 
     # Set by load_manifest, not by YAML.
     source: Path | None = Field(default=None, exclude=True)
@@ -532,6 +589,16 @@ class Manifest(_Strict):
         raise ManifestError(
             f"no model named {name!r} in the manifest", hint="names: " + ", ".join(m.name for m in self.models)
         )
+
+    def replicas_for(self, runtime: str) -> int:
+        """How many servers ``runtime`` runs for this manifest."""
+        if runtime in ("swarm", "kubernetes"):
+            return self.server.replicas or DEFAULT_REPLICAS
+        return 1
+
+    @property
+    def storage_claim(self) -> str:
+        return self.kubernetes.storage_claim or f"{self.project}-models"[:253]
 
     def spec_hash(self) -> str:
         """A stable digest of everything that shapes the running server (not the smoke cases)."""

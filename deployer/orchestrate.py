@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 from deployer import store, tf_noise
 from deployer.client import ServingClient, VersionStatus
 from deployer.errors import DeployerError, NotHealthy, RuntimeUnavailable, ServerRequestError, StoreError, UsageError
-from deployer.health import HealthReport, divergence, wait_healthy
+from deployer.fleet import Fleet
+from deployer.health import HealthReport, divergence, exit_message, safe_tail, wait_fleet_healthy
 from deployer.manifest import WEAKENINGS, Manifest, ModelSpec
-from deployer.runtime.base import LaunchSpec, Layout, ProcessState, Runtime, ServerHandle
+from deployer.runtime.base import Endpoint, LaunchSpec, Layout, ProcessState, Replica, Runtime, ServerHandle
 from deployer.runtime.local import LocalRuntime, binds_every_interface, server_command
 from deployer.server_config import MODELS_CONFIG, ServedModel, parse_models_config, render_files, server_flags
 from deployer.smoke import SmokeReport, run_smoke
@@ -79,6 +80,8 @@ def _handle_json(handle: ServerHandle | None) -> dict[str, Any] | None:
         "started_at": handle.started_at,
         "project": handle.project or None,
         "weakenings": list(handle.weakenings),
+        "replicas": handle.replicas,
+        "endpoints": [e.to_json() for e in handle.fleet],
     }
 
 
@@ -119,6 +122,26 @@ class UpReport:
 
 
 @dataclass(frozen=True)
+class ReplicaView:
+    """One replica in `status`: what the runtime says of it and what it serves."""
+
+    replica: Replica
+    models: list[ModelView]
+
+    def to_json(self) -> dict[str, Any]:
+        r = self.replica
+        return {
+            "slot": r.slot,
+            "id": r.ident,
+            "state": r.state,
+            "detail": r.detail or None,
+            "grpc": r.endpoint.grpc_target if r.endpoint else None,
+            "rest": r.endpoint.rest_url if r.endpoint else None,
+            "models": [m.to_json() for m in self.models],
+        }
+
+
+@dataclass(frozen=True)
 class StatusReport:
     project: str
     state_dir: str
@@ -126,6 +149,7 @@ class StatusReport:
     handle: ServerHandle | None
     process: ProcessState | None
     models: list[ModelView] = field(default_factory=list)
+    replicas: list[ReplicaView] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -140,6 +164,7 @@ class StatusReport:
             "project": self.project,
             "state_dir": self.state_dir,
             "running": self.running,
+            "replicas": [r.to_json() for r in self.replicas],
             "runtime": self.handle.runtime if self.handle else None,
             "server": _handle_json(self.handle),
             "process": None
@@ -175,6 +200,12 @@ def _docker(progress: Progress | None) -> Runtime:
     return docker_runtime.connect(progress)
 
 
+def _swarm(progress: Progress | None) -> Runtime:
+    from deployer.runtime import swarm as swarm_runtime
+
+    return swarm_runtime.connect(progress)
+
+
 def _local(manifest: Manifest) -> LocalRuntime:
     return LocalRuntime(state_dir=manifest.state_path)
 
@@ -190,8 +221,10 @@ def choose_runtime(
         return _local(manifest), f"{origin} says local"
     if picked == "docker":
         return _docker(progress), f"{origin} says docker"
+    if picked == "swarm":
+        return _swarm(progress), f"{origin} says swarm"
     if picked != "auto":
-        raise UsageError(f"unknown runtime {picked!r}", hint="choose docker, local or auto")
+        raise UsageError(f"unknown runtime {picked!r}", hint="choose docker, swarm, local or auto")
     wanted_image = image or manifest.server.image
     try:
         runtime = _docker(progress)
@@ -253,6 +286,8 @@ def runtime_named(name: str, manifest: Manifest, progress: Progress | None = Non
         return _local(manifest)
     if name == "docker":
         return _docker(progress)
+    if name == "swarm":
+        return _swarm(progress)
     raise DeployerError(f"the state directory names an unknown runtime {name!r}", hint="run `deployer down`")
 
 
@@ -505,6 +540,10 @@ def weakenings_in_effect(manifest: Manifest, runtime: Runtime) -> dict[str, str]
         command = getattr(runtime, "_command", None) or server_command()
         if binds_every_interface(command):
             found["listen_beyond_loopback"] = "tensorflow_model_server binds 0.0.0.0 (it has no bind-address flag)"
+    elif runtime.name == "swarm":
+        # Swarm has no host-IP option for published ports: every task's host-mode ports bind on all the
+        # node's interfaces, whatever server.host says (README: Scaling out, security notes).
+        found["listen_beyond_loopback"] = "swarm host-mode ports bind on every interface of the node"
     return {name: f"{WEAKENINGS[name]} ({where})" for name, where in found.items()}
 
 
@@ -612,12 +651,19 @@ def up(
     weakenings = weakenings_in_effect(manifest, runtime)
     for name, meaning in weakenings.items():
         say(f"warning: hardening weakened ({name}): {meaning}")
+    replicas = manifest.replicas_for(runtime.name)
+    if manifest.server.replicas not in (None, 1) and replicas == 1:
+        raise UsageError(
+            f"server.replicas: {manifest.server.replicas} needs the swarm runtime; the {runtime.name} runtime runs one"
+            " server",
+            hint="pass --runtime swarm (or set server.runtime: swarm), or drop server.replicas",
+        )
 
     exported = _ensure_versions(manifest, retrain, say, timings)
     timings.setdefault("train", 0.0)
     timings.setdefault("export", 0.0)
 
-    server_image = (image or manifest.server.image) if runtime.name == "docker" else None
+    server_image = (image or manifest.server.image) if runtime.name in ("docker", "swarm") else None
     wanted_hash = spec_hash(manifest, runtime.name, server_image)
     wanted_parts = spec_parts(manifest, runtime.name, server_image)
     with _state_lock(state, manifest):
@@ -673,8 +719,16 @@ def up(
                 state_dir=state.root,
                 container=manifest.server.container,
                 weakenings=tuple(weakenings),
+                replicas=replicas,
+                health_deadline_s=manifest.server.health_deadline_seconds,
             )
-            say(f"starting the {runtime.name} server")
+            say(f"starting the {runtime.name} server" + (f" ({replicas} replicas)" if replicas > 1 else ""))
+            if runtime.name == "swarm":
+                # Say it where it happens: the manifest's host and ports do not apply to host-mode publishing.
+                say(
+                    "swarm: each task publishes its own ephemeral host ports on every interface of its node"
+                    " (server.host/grpc_port/rest_port do not apply); see the README's security notes"
+                )
             try:
                 handle = runtime.start(spec)
             except NotHealthy as exc:
@@ -693,27 +747,34 @@ def up(
             started_here = True
         timings["start"] = time.perf_counter() - t_start
 
-        running = handle
-        client = ServingClient(running.grpc_target)
         t_health = time.perf_counter()
+        deadline = manifest.server.health_deadline_seconds
+        watch = FleetWatch(runtime, handle)
+        fleet: Fleet | None = None
         try:
-            say(f"waiting for {running.grpc_target} to serve {_describe(served)}")
-            health = wait_healthy(
-                client,
+            running = wait_endpoints(runtime, handle, deadline_s=deadline, server_state=watch, progress=say)
+            if running != handle:
+                state.save_handle(running)
+            watch.handle = running
+            fleet = Fleet.connect(running.fleet, client_factory=ServingClient)
+            say(f"waiting for {_targets(running)} to serve {_describe(served)}")
+            health = wait_fleet_healthy(
+                fleet,
                 wanted,
                 labels,
-                deadline_s=manifest.server.health_deadline_seconds,
-                server_state=lambda: runtime.state(running),
-                log_tail=lambda: tf_noise.strip(runtime.logs(running, LOG_TAIL_LINES)),
+                deadline_s=max(0.0, deadline - (time.perf_counter() - t_health)),
+                server_state=watch,
+                log_tail=lambda: tf_noise.strip(runtime.logs(handle, LOG_TAIL_LINES)),
                 on_wait=say,
             )
         except BaseException as exc:
-            client.close()
+            if fleet is not None:
+                fleet.close()
             if started_here:
                 # Never leave a half-started server behind; its log stays readable through `deployer logs`.
                 why = exc.message if isinstance(exc, DeployerError) else "interrupted while starting"
                 with suppress(DeployerError):
-                    retire(runtime, running, state, f"failed to become healthy: {why}")
+                    retire(runtime, handle, state, f"failed to become healthy: {why}")
                 state.clear_handle()
             if isinstance(exc, NotHealthy) and exc.hint is None:
                 exc.hint = f"`deployer logs -f {manifest.source or 'MANIFEST'}` shows the server log"
@@ -722,9 +783,14 @@ def up(
 
     t_smoke = time.perf_counter()
     try:
-        reports = [run_smoke(client, model, label=model.primary_label) for model in manifest.models if model.smoke]
+        reports = [
+            run_smoke(member.client, model, label=model.primary_label)
+            for model in manifest.models
+            if model.smoke
+            for member in fleet
+        ]
     finally:
-        client.close()
+        fleet.close()
     timings["smoke"] = time.perf_counter() - t_smoke
     timings["total"] = time.perf_counter() - t0
 
@@ -753,6 +819,77 @@ def up(
     )
 
 
+def _targets(handle: ServerHandle) -> str:
+    fleet = handle.fleet
+    if len(fleet) == 1:
+        return fleet[0].grpc_target
+    return f"{len(fleet)} replicas ({', '.join(e.grpc_target for e in fleet)})"
+
+
+class FleetWatch:
+    """The fail-fast check while a server comes up: it exited, or one of its replicas was replaced.
+
+    A replica replaced during the wait (a swarm task that died and was restarted) means the server
+    cannot stay up: fail now with the log tail rather than flap until the deadline.
+    """
+
+    def __init__(self, runtime: Runtime, handle: ServerHandle) -> None:
+        self.runtime, self.handle = runtime, handle
+        self._first: dict[int, str] = {}
+
+    def __call__(self) -> ProcessState:
+        state = self.runtime.state(self.handle)
+        if not state.running:
+            return state
+        for replica in self.runtime.replicas(self.handle):
+            first = self._first.setdefault(replica.slot, replica.ident)
+            if first != replica.ident:
+                return ProcessState(
+                    running=False,
+                    detail=f"replica {replica.slot} was restarted during the wait"
+                    f" ({first[:12]} → {replica.ident[:12]})",
+                )
+        return state
+
+
+def wait_endpoints(
+    runtime: Runtime,
+    handle: ServerHandle,
+    *,
+    deadline_s: float,
+    server_state: Callable[[], ProcessState],
+    progress: Progress,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> ServerHandle:
+    """The handle once every replica publishes its endpoint (swarm: its task runs, i.e. its HEALTHCHECK
+    passed, i.e. its ports opened after the initial models loaded). A single server has its endpoint
+    from the start and returns at once."""
+    started = clock()
+    delay = 0.1
+    said = ""
+    while True:
+        replicas = runtime.replicas(handle)
+        endpoints = tuple(r.endpoint for r in replicas if r.endpoint is not None)
+        if len(endpoints) >= handle.replicas and len(endpoints) == len(replicas):
+            return handle.with_endpoints(endpoints) if handle.endpoints or len(endpoints) > 1 else handle
+        state = server_state()
+        if not state.running:
+            raise NotHealthy(exit_message(state), details=safe_tail(lambda: runtime.logs(handle, LOG_TAIL_LINES)))
+        summary = ", ".join(f"replica {r.slot} {r.state}" for r in replicas) or "no task yet"
+        if summary != said:
+            progress(f"replicas: {summary}")
+            said = summary
+        if clock() - started >= deadline_s:
+            raise NotHealthy(
+                f"not healthy after {deadline_s:g}s: {len(endpoints)} of {handle.replicas} replicas serve ({summary})",
+                details=safe_tail(lambda: runtime.logs(handle, LOG_TAIL_LINES)),
+                hint="raise server.health_deadline_seconds if the model is slow to load",
+            )
+        sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
 def _repair_divergence(
     manifest: Manifest,
     state: StateDir,
@@ -765,25 +902,30 @@ def _repair_divergence(
 ) -> tuple[ServerHandle | None, str, str]:
     """A kept server must serve what models.config says. TF Serving reads that file only at start, so
     after an outside reload (anyone reaching the gRPC port can send one) it serves something else and
-    the health wait would time out on a healthy-looking server. Reapply the file; if the server refuses
-    (e.g. a label cannot move to a version it unloaded), recreate it, which reads the file afresh."""
+    the health wait would time out on a healthy-looking server. Reapply the file to every replica that
+    diverged; if one refuses (e.g. a label cannot move to a version it unloaded), recreate the server,
+    which reads the file afresh."""
     action, reason = "reused", "the spec and the served config are unchanged"
-    client = ServingClient(handle.grpc_target)
+    fleet = Fleet.connect(handle.fleet, client_factory=ServingClient)
     try:
-        drift = divergence(client, wanted, labels)
-        if drift is None:
+        drifts = [(member, drift) for member in fleet if (drift := divergence(member.client, wanted, labels))]
+        if not drifts:
             return handle, action, reason
-        say(f"the running server does not serve {state.models_config} ({drift}); reapplying it")
+        described = "; ".join(f"{drift}{fleet.where(member)}" for member, drift in drifts)
+        say(f"the running server does not serve {state.models_config} ({described}); reapplying it")
         try:
-            client.reload_config(files[MODELS_CONFIG], timeout=manifest.server.reload_deadline_seconds)
+            for member, _drift in drifts:
+                member.client.reload_config(files[MODELS_CONFIG], timeout=manifest.server.reload_deadline_seconds)
         except ServerRequestError as exc:
             say(f"the server refused the config ({exc.message}); recreating it")
             runtime.stop(handle)
             state.clear_handle()
-            return None, "recreated", f"its live config had diverged ({drift}) and reapplying it failed"
-        return handle, "repaired", f"its live config had diverged from models.config ({drift}); reapplied"
+            return None, "recreated", f"its live config had diverged ({described}) and reapplying it failed"
+        return handle, "repaired", f"its live config had diverged from models.config ({described}); reapplied"
     finally:
-        client.close()
+        fleet.close()
+
+
 
 
 def _describe(served: list[ServedModel]) -> str:
@@ -809,6 +951,38 @@ def _recorded(manifest: Manifest, state: StateDir, warn: Progress = _quiet) -> S
     return handle
 
 
+def _model_views(
+    manifest: Manifest, client: ServingClient | None, configured: dict[str, ServedModel]
+) -> list[ModelView]:
+    """Each manifest model as one server reports it: versions with states, and its labels as that
+    server resolves them (a label that does not resolve is left out and named in ``error``)."""
+    views = []
+    for model in manifest.models:
+        entry = configured.get(model.name)
+        versions: list[VersionStatus] = []
+        labels = dict(entry.labels) if entry else {}
+        error = None
+        if client is not None:
+            try:
+                versions = sorted(client.model_status(model.name, timeout=5.0), key=lambda s: s.version)
+                resolved = {}
+                for label in sorted(labels):
+                    meta = client.metadata(model.name, label=label, timeout=5.0)
+                    resolved[label] = int(meta.get("model_spec", {}).get("version", 0) or 0)
+                labels = {k: v for k, v in resolved.items() if v}
+                missing = sorted(set(resolved) - set(labels))
+                if missing:
+                    error = f"label(s) {', '.join(missing)} do not resolve"
+            except ServerRequestError as exc:
+                error = exc.message
+        views.append(
+            ModelView(
+                name=model.name, base_path=str(manifest.base_path(model)), versions=versions, labels=labels, error=error
+            )
+        )
+    return views
+
+
 def status(manifest: Manifest) -> StatusReport:
     state = StateDir(manifest.state_path, manifest.project)
     warnings: list[str] = []
@@ -819,31 +993,30 @@ def status(manifest: Manifest) -> StatusReport:
     process = runtime.state(handle)
     text = state.read_models_config()
     configured = {m.name: m for m in parse_models_config(text)} if text else {}
-    models = []
-    client = ServingClient(handle.grpc_target) if process.running else None
-    try:
-        for model in manifest.models:
-            entry = configured.get(model.name)
-            versions: list[VersionStatus] = []
-            error = None
-            if client is not None:
-                try:
-                    versions = sorted(client.model_status(model.name, timeout=5.0), key=lambda s: s.version)
-                except ServerRequestError as exc:
-                    error = exc.message
-            models.append(
-                ModelView(
-                    name=model.name,
-                    base_path=str(manifest.base_path(model)),
-                    versions=versions,
-                    labels=dict(entry.labels) if entry else {},
-                    error=error,
-                )
-            )
-    finally:
-        if client is not None:
+    replicas = runtime.replicas(handle) if process.running or handle.replicas > 1 else []
+    live = tuple(r.endpoint for r in replicas if r.endpoint is not None)
+    if live and handle.replicas > 1:
+        handle = handle.with_endpoints(live)
+    views: list[ReplicaView] = []
+    for replica in replicas:
+        if replica.endpoint is None:
+            # Nothing to ask: no versions, no labels (the config's labels would pretend it serves them).
+            idle = [
+                ModelView(m.name, str(manifest.base_path(m)), [], {}, f"replica {replica.state}")
+                for m in manifest.models
+            ]
+            views.append(ReplicaView(replica, idle))
+            continue
+        client = ServingClient(replica.endpoint.grpc_target)
+        try:
+            models = _model_views(manifest, client, configured)
+        finally:
             client.close()
-    return StatusReport(manifest.project, str(state.root), process.running, handle, process, models, warnings)
+        views.append(ReplicaView(replica, models))
+    models = views[0].models if views else _model_views(manifest, None, configured)
+    return StatusReport(
+        manifest.project, str(state.root), process.running, handle, process, models, replicas=views, warnings=warnings
+    )
 
 
 EXTERNAL = "external"  # the runtime name of a --target server: deployer neither started nor stops it
@@ -884,31 +1057,65 @@ def target_status(
     return StatusReport(manifest.project, str(state.root), True, handle, ProcessState(True, None, "answering"), models)
 
 
-def connect(manifest: Manifest, *, probe_seconds: float = 3.0) -> tuple[ServerHandle, ServingClient]:
-    """The running server of this manifest and a client for it; NotHealthy when nothing answers.
+def _probe(endpoints: Sequence[Endpoint], probe_seconds: float) -> tuple[Fleet, list[Endpoint]]:
+    """A fleet over ``endpoints`` and those of them whose port does not answer."""
+    fleet = Fleet.connect(endpoints, client_factory=ServingClient)
+    silent = [m.endpoint for m in fleet if not m.client.wait_until_reachable(probe_seconds)]
+    return fleet, silent
 
-    The runtime is consulted only when the gRPC port does not answer: the common case then needs no
-    Docker SDK import or daemon call, which keeps `deployer smoke` fast and small.
+
+def connect_fleet(manifest: Manifest, *, probe_seconds: float = 3.0) -> tuple[ServerHandle, Fleet]:
+    """The running server of this manifest and a client per replica; NotHealthy when one does not answer.
+
+    The runtime is consulted only when needed: a single server whose port answers needs no Docker SDK
+    import or daemon call, which keeps `deployer smoke` fast and small. A swarm fleet always asks its
+    runtime, because Swarm replaces dead tasks with new ones on new host ports.
     """
     state = StateDir(manifest.state_path, manifest.project)
     handle = _recorded(manifest, state)
     if handle is None:
         raise NotHealthy(f"no server is running for project {manifest.project}", hint=_hint_up(manifest))
-    client = ServingClient(handle.grpc_target)
-    if client.wait_until_reachable(probe_seconds):
-        return handle, client
-    client.close()
-    process = runtime_named(handle.runtime, manifest).state(handle)
+    runtime: Runtime | None = None
+    if handle.runtime == "swarm":
+        runtime = runtime_named(handle.runtime, manifest)
+        replicas = runtime.replicas(handle)
+        live = tuple(r.endpoint for r in replicas if r.endpoint is not None)
+        if live and live != handle.endpoints:
+            handle = handle.with_endpoints(live)
+            state.save_handle(handle)
+        if len(live) < max(handle.replicas, len(replicas)) or not live:
+            # Every replica takes traffic, so every replica is checked: one that does not serve is a failure.
+            down = ", ".join(f"replica {r.slot} {r.state}" for r in replicas if r.endpoint is None) or "no task"
+            raise NotHealthy(
+                f"{len(live)} of {handle.replicas} replicas of the swarm server of project {manifest.project}"
+                f" serve ({down})",
+                hint="Swarm replaces failed tasks; retry in a moment, or see `deployer status` and `deployer logs`",
+            )
+    fleet, silent = _probe(handle.fleet, probe_seconds)
+    if not silent:
+        return handle, fleet
+    fleet.close()
+    runtime = runtime or runtime_named(handle.runtime, manifest)
+    process = runtime.state(handle)
     if not process.running:
         code = "" if process.exit_code is None else f", exit code {process.exit_code}"
         raise NotHealthy(
             f"the {handle.runtime} server of project {manifest.project} is not running ({process.detail}{code})",
             hint=_hint_up(manifest),
         )
+    where = ", ".join(e.grpc_target for e in silent)
     raise NotHealthy(
-        f"the {handle.runtime} server of project {manifest.project} runs but {handle.grpc_target} does not answer",
+        f"the {handle.runtime} server of project {manifest.project} runs but {where} does not answer",
         hint=f"see `deployer logs -f {manifest.source or '<manifest>'}`",
     )
+
+
+def connect(manifest: Manifest, *, probe_seconds: float = 3.0) -> tuple[ServerHandle, ServingClient]:
+    """The running server of this manifest and a client for its first replica (see connect_fleet)."""
+    handle, fleet = connect_fleet(manifest, probe_seconds=probe_seconds)
+    for member in fleet.members[1:]:
+        member.client.close()
+    return handle, fleet.first.client
 
 
 @dataclass(frozen=True)
@@ -1023,13 +1230,15 @@ def down(manifest: Manifest) -> DownReport:
         if stray is not None and (handle is None or stray.ident != handle.ident):
             retire(local, stray, state, "stopped by `deployer down`")
             stopped.append(stray)
-    if handle is None or handle.runtime != "docker":
-        # A container whose handle file was lost still carries this project's label.
+    # A container or service whose handle file was lost still carries this project's label.
+    for name, factory in (("docker", _docker), ("swarm", _swarm)):
+        if handle is not None and handle.runtime == name:
+            continue
         with suppress(RuntimeUnavailable):
-            docker = _docker(None)
-            found = docker.find(manifest.project, state.root)
+            other = factory(None)
+            found = other.find(manifest.project, state.root)
             if found is not None:
-                retire(docker, found, state, "stopped by `deployer down`")
+                retire(other, found, state, "stopped by `deployer down`")
                 stopped.append(found)
     if exists:
         state.clear_handle()

@@ -18,6 +18,11 @@ atomically *before* each reload, so a server restarted at any moment comes back 
 server accepted or was about to accept. On any failure the previous file is written back and
 reloaded; the label only ever points at a version that is loaded.
 
+On a fleet (N replicas of one server, e.g. a swarm service) every step runs replica by replica
+through each replica's own ``HandleReloadConfigRequest``: the candidate loads everywhere and passes
+its smoke cases on every replica before the label moves on any, then the label moves replica by
+replica, each verified before the next; any failure restores the previous config on all of them.
+
 This module never prints: progress goes through a callback and the outcome is a PromoteReport
 (or a PromotionFailed carrying one).
 """
@@ -30,7 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from deployer import apis, health, smoke, store
 from deployer.apis import request_builder
@@ -38,6 +43,7 @@ from deployer.apis.base import Api, CaseDiff
 from deployer.apis.common import distinct
 from deployer.client import ServingClient
 from deployer.errors import DeployerError, PromoteFailed, StoreError, UsageError, VersionNotFound
+from deployer.fleet import Fleet, Member
 from deployer.ledger import PENDING, History, Kind, Ledger, LedgerEntry, Result, current_user, last_successful, new_id
 from deployer.manifest import Manifest, ModelSpec
 from deployer.server_config import ServedModel, parse_models_config, render_models_config
@@ -50,9 +56,9 @@ ProgressFn = Callable[[str], None]
 _VERIFY_POLL_S = 0.05
 
 
-# A connected client, or a factory that connects once the candidate passed its checks on disk, so a
-# broken version is refused even when no server runs.
-ClientSource = ServingClient | Callable[[], ServingClient]
+# A connected client or fleet, or a factory that connects once the candidate passed its checks on disk,
+# so a broken version is refused even when no server runs.
+ClientSource = ServingClient | Fleet | Callable[[], ServingClient | Fleet]
 
 
 def _no_progress(message: str) -> None:
@@ -197,7 +203,7 @@ class _Promotion:
         self,
         manifest: Manifest,
         spec: ModelSpec,
-        client: ServingClient,
+        client: ServingClient | Fleet,
         label: str,
         kind: Kind,
         *,
@@ -208,7 +214,9 @@ class _Promotion:
     ) -> None:
         self.manifest = manifest
         self.spec = spec
-        self.client = client
+        self.fleet = client if isinstance(client, Fleet) else Fleet.of(client)
+        # The first replica answers the diff; every replica is loaded, smoke-tested and switched.
+        self.client = self.fleet.first.client
         self.label = label
         self.kind: Kind = kind
         self.max_score_delta = max_score_delta
@@ -240,8 +248,11 @@ class _Promotion:
             hint="run `deployer up` to deploy the manifest's models",
         )
 
-    def _apply(self, served: list[ServedModel], entry: ServedModel) -> str:
-        """Write the file first (the truth survives a crash here), then ask the server to match it."""
+    def _apply(
+        self, served: list[ServedModel], entry: ServedModel, *, then: Callable[[Member], None] | None = None
+    ) -> str:
+        """Write the file first (the truth survives a crash here), then ask each replica to match it,
+        one after the other; ``then`` checks a replica before the next one is touched."""
         models = [entry if m.name == entry.name else m for m in served]
         text = render_models_config(models)
         self.touched = True
@@ -249,7 +260,10 @@ class _Promotion:
             write_atomic(self.state.models_config, text)
         except OSError as exc:
             raise PromoteFailed(f"cannot write {self.state.models_config}: {exc.strerror or exc}") from None
-        self.client.reload_config(text, timeout=self.manifest.server.reload_deadline_seconds)
+        for member in self.fleet:
+            member.client.reload_config(text, timeout=self.manifest.server.reload_deadline_seconds)
+            if then is not None:
+                then(member)
         return text
 
     def _restore(self, old_text: str) -> str | None:
@@ -259,19 +273,24 @@ class _Promotion:
             write_atomic(self.state.models_config, old_text)
         except OSError as exc:
             problems.append(f"writing {self.state.models_config}: {exc}")
-        try:
-            self.client.reload_config(old_text, timeout=self.manifest.server.reload_deadline_seconds)
-        except DeployerError as exc:
-            problems.append(f"reloading the previous config: {exc.message}")
+        # Every replica, even after one fails: each one restored is one that serves the old label.
+        for member in self.fleet:
+            try:
+                member.client.reload_config(old_text, timeout=self.manifest.server.reload_deadline_seconds)
+            except DeployerError as exc:
+                problems.append(f"reloading the previous config{self.fleet.where(member)}: {exc.message}")
         return "; ".join(problems) or None
 
     def _timed(self, phase: str, since: float) -> None:
         self.durations[phase] = self.clock() - since
 
-    def _ask(self, api: Api, batch: object, target: request_builder.Target) -> tuple[object, int]:
-        """One request of the model's API; its parsed answer and the version that answered."""
+    def _ask(
+        self, api: Api, batch: object, target: request_builder.Target, client: ServingClient | None = None
+    ) -> tuple[object, int]:
+        """One request of the model's API (to ``client``, default the first replica); its parsed answer and
+        the version that answered."""
         request = request_builder.grpc_request(api, self.spec, batch, target)
-        response, _ = self.client.infer(api.grpc_method, request)
+        response, _ = (client or self.client).infer(api.grpc_method, request)
         return api.parse_grpc(response), int(response.model_spec.version.value)
 
     def _diff(self, api: Api, candidate: int) -> list[CaseDiff]:
@@ -283,16 +302,17 @@ class _Promotion:
             diffs.append(api.diff(smoke.case_name(case, index), now, new))
         return diffs
 
-    def _verify_label(self, api: Api, candidate: int) -> None:
+    def _verify_label(self, api: Api, candidate: int, member: Member) -> None:
         deadline = self.clock() + self.manifest.server.reload_deadline_seconds
         probe = api.probe_batch(self.spec)
         while True:
-            _, served = self._ask(api, probe, request_builder.Target(label=self.label))
+            _, served = self._ask(api, probe, request_builder.Target(label=self.label), member.client)
             if served == candidate:
                 return
             if self.clock() >= deadline:
                 raise _StepFailed(
-                    f"after the reload, label {self.label} still answers with version {served}, not {candidate}"
+                    f"after the reload, label {self.label} still answers with version {served}, not"
+                    f" {candidate}{self.fleet.where(member)}"
                 )
             self.sleep(_VERIFY_POLL_S)
 
@@ -386,14 +406,15 @@ class _Promotion:
             served = [loading if m.name == model else m for m in served]
         else:
             self.progress(f"step 2/5: version {candidate} is already loaded")
-        health.wait_versions_available(
-            self.client,
-            model,
-            [candidate],
-            deadline_s=server.health_deadline_seconds,
-            clock=self.clock,
-            sleep=self.sleep,
-        )
+        for member in self.fleet:
+            health.wait_versions_available(
+                member.client,
+                model,
+                [candidate],
+                deadline_s=server.health_deadline_seconds,
+                clock=self.clock,
+                sleep=self.sleep,
+            )
         report.versions_loaded = loading.versions
         self._timed("load", since)
         self.progress(f"version {candidate} is AVAILABLE ({self.durations['load']:.1f}s)")
@@ -402,9 +423,17 @@ class _Promotion:
         since = self.clock()
         api = model_api(self.manifest, self.spec, candidate)
         against = f" and comparing it with {self.label} (version {current})" if current is not None else ""
-        self.progress(f"step 3/5: smoke-testing version {candidate}{against}")
-        verdict = smoke.run_smoke(self.client, self.spec, version=candidate)
+        on_every = f" on each of {len(self.fleet)} replicas" if len(self.fleet) > 1 else ""
+        self.progress(f"step 3/5: smoke-testing version {candidate}{on_every}{against}")
+        verdicts = [(member, smoke.run_smoke(member.client, self.spec, version=candidate)) for member in self.fleet]
+        failing = next(((m, v) for m, v in verdicts if not v.passed), None)
+        member, verdict = failing or verdicts[0]
         report.smoke = verdict.to_json()
+        if len(self.fleet) > 1:
+            report.smoke["replicas"] = [
+                {"replica": m.slot, "target": v.target, "passed": v.passed, "failed": len(v.failures)}
+                for m, v in verdicts
+            ]
         if current is not None:
             report.diff = self._diff(api, candidate)
         self._timed("smoke", since)
@@ -413,10 +442,11 @@ class _Promotion:
             passed = len(verdict.cases) - len(verdict.failures)
             raise _StepFailed(
                 f"version {candidate}: {len(verdict.failures)} of {len(verdict.cases)} smoke case(s) failed"
-                f" ({passed} passed); {first.name}: {first.reason}"
+                f"{self.fleet.where(member)} ({passed} passed); {first.name}: {first.reason}"
             )
+        on_all = f" on all {len(self.fleet)} replicas" if len(self.fleet) > 1 else ""
         self.progress(
-            f"smoke: version {candidate} passed {len(verdict.cases)} case(s); vs {self.label}"
+            f"smoke: version {candidate} passed {len(verdict.cases)} case(s){on_all}; vs {self.label}"
             f" (version {current}): {report.class_changes} changed answer(s),"
             f" max delta {report.largest_score_delta or 0.0:.4g}"
         )
@@ -434,10 +464,15 @@ class _Promotion:
         since = self.clock()
         self.progress(f"step 4/5: moving {self.label} {current} → {candidate}")
         switched = replace(loading, labels={**loading.labels, self.label: candidate})
+
+        def verified(member: Member) -> None:
+            self._verify_label(api, candidate, member)
+            if len(self.fleet) > 1:
+                self.progress(f"{member.name}: {self.label} answers with version {candidate}")
+
         self._intend(report)
-        self._apply(served, switched)
+        self._apply(served, switched, then=verified)
         served = [switched if m.name == model else m for m in served]
-        self._verify_label(api, candidate)
         self._timed("switch", since)
         self.durations["to_switch"] = self.clock() - self.started
         self.progress(f"{self.label} answers with version {candidate}")
@@ -645,7 +680,9 @@ def _execute(
     started = clock() - (validated or 0.0)
     with promotion_lock(state, manifest.project, wait=wait, progress=progress) as waited, ExitStack() as stack:
         # Everything below reads state under the lock: a promotion that waited sees the one before it.
-        live = client if isinstance(client, ServingClient) or not callable(client) else stack.enter_context(client())
+        # Test doubles stand in for a client without being one: anything not callable is used as is.
+        factory = callable(client) and not isinstance(client, (ServingClient, Fleet))
+        live = stack.enter_context(client()) if factory else cast("ServingClient | Fleet", client)  # type: ignore[operator]
         run = _Promotion(
             manifest, spec, live, label, kind,
             max_score_delta=max_score_delta, progress=progress, clock=clock, sleep=sleep,

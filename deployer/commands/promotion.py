@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import click
@@ -21,12 +22,14 @@ from deployer.commands.options import (
 )
 from deployer.commands.targets import target_option
 from deployer.console import Column
+from deployer.errors import UsageError
 from deployer.manifest import load_manifest
 from deployer.promote import PromoteReport, PromotionFailed, settled_history
 from deployer.state import StateDir
 
 if TYPE_CHECKING:
     from deployer.client import ServingClient
+    from deployer.fleet import Fleet
     from deployer.manifest import Manifest
 
 label_option = click.option("--label", default=None, help="The label to move (default: the model's first label).")
@@ -74,10 +77,24 @@ def _show(report: PromoteReport) -> None:
     )
 
 
-def _connect(manifest: Manifest, target: str | None) -> ServingClient:
+def _connect(manifest: Manifest, target: str | None) -> ServingClient | Fleet:
+    """Every replica of the manifest's own server, or the one TF Serving at --target."""
+    if target is None:
+        from deployer import orchestrate
+
+        return orchestrate.connect_fleet(manifest)[1]
     from deployer.commands import targets
 
     return targets.connect(manifest, target).client
+
+
+def _check_promote_target(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--target HOST:PORT (a server), or the word kubernetes (a rendered directory)."""
+    if value == "kubernetes":
+        return value
+    from deployer.commands.targets import _check_target
+
+    return _check_target(ctx, param, value)
 
 
 def _run(as_json: bool, action: Callable[[Callable[[str], None]], PromoteReport]) -> None:
@@ -104,7 +121,22 @@ def _run(as_json: bool, action: Callable[[Callable[[str], None]], PromoteReport]
 @label_option
 @max_delta_option
 @no_wait_option
-@target_option
+@click.option(
+    "--target",
+    default=None,
+    metavar="HOST:PORT|kubernetes",
+    callback=_check_promote_target,
+    help="HOST:PORT: any TF Serving gRPC endpoint instead of the manifest's own server (all its replicas)."
+    " kubernetes: re-render the kustomize directory -o DIR with the label moved (no cluster call).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="With --target kubernetes: the directory `deployer render` wrote.",
+)
 @json_option
 def promote(
     version: int,
@@ -114,20 +146,35 @@ def promote(
     max_delta: float | None,
     no_wait: bool,
     target: str | None,
+    output_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Move a label to VERSION: load beside the current one, smoke-test and diff, switch, unload.
 
-    Any failure restores the previous config (file and server) and exits 6. With --target HOST:PORT
-    the server is any TF Serving whose models.config deployer keeps: TF Serving has no API to read
-    its config, so the state directory's config/models.config must be the one that server runs
-    (paths as the server sees them), and the manifest's base_path must be readable here (step 1).
+    Any failure restores the previous config (file and server) and exits 6; on a fleet (the swarm
+    runtime) every step runs on every replica. With --target HOST:PORT the server is any TF Serving
+    whose models.config deployer keeps: TF Serving has no API to read its config, so the state
+    directory's config/models.config must be the one that server runs (paths as the server sees
+    them), and the manifest's base_path must be readable here (step 1). With --target kubernetes
+    the directory -o DIR is re-rendered with the label moved and both versions loaded, ready for
+    `kubectl apply -k DIR` (an ordinary rolling update).
     """
     from deployer import promote as promotion
 
     manifest = load_manifest(manifest_path)
+    if target == "kubernetes":
+        from deployer import kubernetes
+        from deployer.commands.render import show
 
-    def connect() -> ServingClient:
+        if output_dir is None:
+            raise UsageError("--target kubernetes needs -o DIR (the directory `deployer render` wrote)")
+        report = kubernetes.promote_directory(manifest, output_dir, version, model_name=model_name, label=label)
+        show(report, as_json)
+        return
+    if output_dir is not None:
+        raise UsageError("-o/--output goes with --target kubernetes")
+
+    def connect() -> ServingClient | Fleet:
         return _connect(manifest, target)
 
     _run(
@@ -171,7 +218,7 @@ def rollback(
 
     manifest = load_manifest(manifest_path)
 
-    def connect() -> ServingClient:
+    def connect() -> ServingClient | Fleet:
         return _connect(manifest, target)
 
     _run(

@@ -26,7 +26,8 @@ from deployer.errors import SmokeFailed, UsageError
 
 if TYPE_CHECKING:
     from deployer.manifest import Manifest, ModelSpec
-    from deployer.orchestrate import ModelView, UpReport
+    from deployer.orchestrate import ModelView, ReplicaView, UpReport
+    from deployer.runtime.base import ServerHandle
     from deployer.smoke import SmokeReport
 
 
@@ -71,7 +72,7 @@ def _print_models(models: list[ModelView]) -> None:
     console.table(None, columns, rows)
 
 
-def _smoke_line(report: SmokeReport) -> str:
+def _smoke_line(report: SmokeReport, *, on_target: bool = False) -> str:
     failed = len(report.failures)
     total = len(report.cases)
     if report.passed:
@@ -80,7 +81,8 @@ def _smoke_line(report: SmokeReport) -> str:
         verdict = f"[red]FAILED[/]: {failed} of {total} case(s) failed, {total - failed} passed"
     latencies = sorted(c.latency_s for c in report.cases)
     p50 = f", p50 {latencies[len(latencies) // 2] * 1000:.1f} ms" if latencies else ""
-    where = escape(f"{report.model} ({report.selector}, {report.transport})")
+    target = f", {report.target}" if on_target else ""
+    where = escape(f"{report.model} ({report.selector}, {report.transport}{target})")
     return f"smoke {where}: {verdict}{p50}"
 
 
@@ -161,7 +163,7 @@ def _print_up(report: UpReport, steps: list[str]) -> None:
     reason = escape(report.runtime_reason)
     out.print(f"[bold]{report.project}[/] on [bold]{report.runtime}[/] ({reason})", highlight=False)
     _plain(f"server: {report.action} {handle.name} ({report.action_reason})")
-    _plain(f"endpoints: gRPC {handle.grpc_target}  REST {handle.rest_url or '-'}")
+    _print_endpoints(handle)
     for exported in report.exported:
         _plain(f"exported: {exported.model} version {exported.version} → {exported.path}")
     for name, meaning in report.weakenings.items():
@@ -169,8 +171,9 @@ def _print_up(report: UpReport, steps: list[str]) -> None:
     _print_models(report.models)
     if not report.smoke:
         _plain("smoke: no smoke cases in the manifest")
+    several = len({r.target for r in report.smoke}) > 1
     for smoke in report.smoke:
-        out.print(_smoke_line(smoke), highlight=False)
+        out.print(_smoke_line(smoke, on_target=several), highlight=False)
         _print_failures(smoke)
     phases = ("runtime", "train", "export", "import", "start", "healthy", "smoke", "total")
     out.print(
@@ -188,14 +191,24 @@ def _print_up(report: UpReport, steps: list[str]) -> None:
         _plain(f"  {step}")
 
 
+def _print_endpoints(handle: ServerHandle) -> None:
+    fleet = handle.fleet
+    if len(fleet) == 1:
+        _plain(f"endpoints: gRPC {fleet[0].grpc_target}  REST {fleet[0].rest_url or '-'}")
+        return
+    for endpoint in fleet:
+        _plain(f"replica {endpoint.slot}: gRPC {endpoint.grpc_target}  REST {endpoint.rest_url or '-'}")
+
+
 def _smoke_failed(reports: list[SmokeReport]) -> SmokeFailed:
     failing = [r for r in reports if not r.passed]
     report = failing[0]
     case = report.failures[0]
     count = f"{len(report.failures)} of {len(report.cases)} case(s) failed"
-    others = f" (and {len(failing) - 1} more model(s))" if len(failing) > 1 else ""
+    others = f" (and {len(failing) - 1} more report(s))" if len(failing) > 1 else ""
+    where = f" on {report.target}" if len({r.target for r in reports}) > 1 else ""
     return SmokeFailed(
-        f"smoke failed: {report.model} {report.selector}: {count}; {case.name}: {case.reason}{others}",
+        f"smoke failed: {report.model} {report.selector}{where}: {count}; {case.name}: {case.reason}{others}",
         hint="the served model answers the manifest's smoke cases wrongly; see `deployer smoke --json`",
     )
 
@@ -204,9 +217,10 @@ def _smoke_failed(reports: list[SmokeReport]) -> SmokeFailed:
 @manifest_option
 @click.option(
     "--runtime",
-    type=click.Choice(["docker", "local", "auto"]),
+    type=click.Choice(["docker", "swarm", "local", "auto"]),
     default=None,
-    help="Where the server runs (default: server.runtime in the manifest). auto: docker when usable, else local.",
+    help="Where the server runs (default: server.runtime in the manifest). auto: docker when usable, else local;"
+    " swarm: server.replicas replicas as a Docker Swarm service.",
 )
 @click.option("--image", default=None, help="Server image for the docker runtime (default: server.image).")
 @click.option("--retrain", is_flag=True, help="Train and export a new version even when one exists.")
@@ -275,6 +289,12 @@ def up(
 )
 @target_option
 @rest_url_option
+@click.option(
+    "--replica",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Only this replica (1-based, as `status` lists them); default: every replica.",
+)
 @json_option
 def smoke(
     manifest_path: str,
@@ -286,15 +306,20 @@ def smoke(
     timeout: float,
     target: str | None,
     rest_url: str | None,
+    replica: int | None,
     as_json: bool,
 ) -> None:
-    """Send the manifest's smoke cases to the running server and check the answers (exit 5 on a mismatch).
+    """Send the manifest's smoke cases to every replica of the running server and check the answers (exit 5
+    on a mismatch).
 
     --target HOST:PORT smokes any TF Serving with the manifest's cases. A label the server does not
     resolve, or a version it has not loaded, is a usage error (exit 2) naming what it has.
     """
     from deployer import console
     from deployer.commands import targets
+    from deployer.fleet import Fleet, Member
+    from deployer.orchestrate import connect_fleet
+    from deployer.runtime.base import Endpoint
     from deployer.smoke import JUnitTarget, run_smoke, run_smoke_rest
 
     if label is not None and version is not None:
@@ -304,44 +329,63 @@ def smoke(
     models = [m for m in models if m.smoke]
     if not models:
         raise UsageError("the manifest has no smoke cases", hint="add models[].smoke entries")
+    if target is not None and replica is not None:
+        raise UsageError("--replica picks a replica of the manifest's own server; --target names one server")
+    external = target is not None
     # Before any request: a report that cannot be written fails now, not after the run.
     junit = JUnitTarget.open(junit_path) if junit_path else None
     try:
-        connection = targets.connect(manifest, target, rest_url)
+        if target is None:
+            _handle, fleet = connect_fleet(manifest)
+            if rest_url is not None and len(fleet) == 1:
+                only = fleet.first
+                fleet = Fleet(
+                    [Member(Endpoint(only.endpoint.grpc_target, rest_url, only.endpoint.replica), only.client)]
+                )
+        else:
+            connection = targets.connect(manifest, target, rest_url)
+            fleet = Fleet([Member(Endpoint(connection.grpc_target, connection.rest_url), connection.client)])
     except BaseException:
         if junit is not None:
             junit.discard()
         raise
-    client = connection.client
     reports = []
     try:
+        members = fleet.members
+        if replica is not None:
+            members = [m for m in fleet if m.slot == replica]
+            if not members:
+                slots = ", ".join(str(m.slot) for m in fleet)
+                raise UsageError(f"--replica {replica}: the server has no such replica", hint=f"replicas: {slots}")
         for model in models:
             # Only what the user typed is checked up front: a default label that does not resolve is a
             # deployment problem, reported by the cases themselves.
-            targets.check_selector(manifest, model, client, label=label, version=version)
+            targets.check_selector(manifest, model, members[0].client, label=label, version=version)
             chosen = label if label is not None or version is not None else model.primary_label
-            if rest:
-                if connection.rest_url is None:
-                    hint = "add --rest-url http://HOST:PORT" if connection.external else "drop --rest"
-                    raise UsageError("no REST endpoint to send the cases to", hint=hint)
-                reports.append(
-                    run_smoke_rest(connection.rest_url, model, version=version, label=chosen, timeout=timeout)
-                )
-            else:
-                reports.append(run_smoke(client, model, version=version, label=chosen, timeout=timeout))
+            for member in members:
+                if rest:
+                    if member.endpoint.rest_url is None:
+                        hint = "add --rest-url http://HOST:PORT" if external else "drop --rest"
+                        raise UsageError("no REST endpoint to send the cases to", hint=hint)
+                    reports.append(
+                        run_smoke_rest(member.endpoint.rest_url, model, version=version, label=chosen, timeout=timeout)
+                    )
+                else:
+                    reports.append(run_smoke(member.client, model, version=version, label=chosen, timeout=timeout))
     except BaseException:
         if junit is not None:
             junit.discard()
         raise
     finally:
-        client.close()
+        fleet.close()
     if junit is not None:
         junit.write(reports)
     if as_json:
         console.emit_json({"passed": all(r.passed for r in reports), "reports": [r.to_json() for r in reports]})
     else:
+        several = len({r.target for r in reports}) > 1
         for report in reports:
-            console.out.print(_smoke_line(report), highlight=False)
+            console.out.print(_smoke_line(report, on_target=several), highlight=False)
             _print_failures(report)
     if not all(r.passed for r in reports):
         raise _smoke_failed(reports)
@@ -369,7 +413,11 @@ def status(manifest_path: str, model_name: str | None, target: str | None, rest_
     report = orchestrate.status(manifest) if target is None else orchestrate.target_status(manifest, target, rest_url)
     if model_name is not None:
         manifest.model(model_name)  # an unknown name exits 2, naming the models
-        report = replace(report, models=[m for m in report.models if m.name == model_name])
+        report = replace(
+            report,
+            models=[m for m in report.models if m.name == model_name],
+            replicas=[replace(v, models=[m for m in v.models if m.name == model_name]) for v in report.replicas],
+        )
     if as_json:
         console.emit_json(report.to_json())
     for warning in report.warnings:
@@ -382,19 +430,47 @@ def status(manifest_path: str, model_name: str | None, target: str | None, rest_
             _plain(f"{report.project}: TF Serving at {target} (--target) {'answers' if report.running else state}")
         else:
             _plain(f"{report.project}: {handle.runtime} {handle.name} ({handle.ident[:12]}) {state}")
-        _plain(f"endpoints: gRPC {handle.grpc_target}  REST {handle.rest_url or '-'}")
+        if len(report.replicas) <= 1 and handle.replicas <= 1:
+            _plain(f"endpoints: gRPC {handle.grpc_target}  REST {handle.rest_url or '-'}")
         if target is None:
             weakened = report.weakenings
             shown = "; ".join(f"WEAKENED {n}: {m}" for n, m in weakened.items()) if weakened else "default"
             _plain(f"hardening: {shown}")
-        _print_models(report.models)
+        if len(report.replicas) <= 1 and handle.replicas <= 1:
+            _print_models(report.models)
+        else:
+            _print_replicas(report.replicas)
     if not report.running and target is not None:
         raise NotHealthy(f"nothing answers gRPC at {target}", hint="check --target HOST:PORT (the gRPC port)")
     if not report.running:
         raise NotHealthy(f"no server is running for project {report.project}", hint=f"run `{_cli()} up`")
     unanswered = [m.name for m in report.models if m.error]
+    if len(report.replicas) > 1:
+        # Every replica takes traffic: one that does not answer (or is being replaced) is not healthy.
+        unanswered = [
+            f"{m.name} on replica {view.replica.slot}" for view in report.replicas for m in view.models if m.error
+        ]
     if unanswered:
         raise NotHealthy(f"the server does not answer for {', '.join(unanswered)}", hint=f"see `{_cli()} logs`")
+
+
+def _print_replicas(replicas: list[ReplicaView]) -> None:
+    from deployer import console
+
+    rows: list[list[Any]] = []
+    for view in replicas:
+        r = view.replica
+        endpoint = f"{r.endpoint.grpc_target} / {r.endpoint.rest_url or '-'}" if r.endpoint else "-"
+        state = r.state + (f" ({r.detail})" if r.detail and r.detail != r.state and not r.running else "")
+        versions = "; ".join(
+            f"{m.name}: " + (", ".join(f"{s.version} {s.state}" for s in m.versions) or (m.error or "-"))
+            for m in view.models
+        )
+        labels = "; ".join(
+            f"{m.name}: " + ", ".join(f"{k}→{v}" for k, v in sorted(m.labels.items())) for m in view.models
+        )
+        rows.append([r.slot, r.ident[:12], state, endpoint, versions, labels])
+    console.table(None, ["replica", "task", "state", "gRPC / REST", "versions", "labels"], rows)
 
 
 def _cli() -> str:

@@ -1,13 +1,17 @@
-"""The contract between the orchestration and a runtime (docker or local).
+"""The contract between the orchestration and a runtime (local, docker or swarm).
 
 A runtime starts, finds, inspects and stops a model server; it never speaks gRPC. Health is judged by
 the orchestration with deployer.client, using ``state()`` to fail fast when the server exits.
+
+A server is a fleet: ``replicas()`` lists its replicas (one for the local and docker runtimes, N
+tasks for swarm), and a handle carries one endpoint per replica. Health, smoke and promote loop over
+the endpoints, so a single server is simply a fleet of one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -43,6 +47,21 @@ class LaunchSpec:
     state_dir: Path  # pid and log files of the local runtime live here
     container: ContainerSettings = field(default_factory=ContainerSettings)
     weakenings: tuple[str, ...] = ()  # recorded in the handle so `status` can show them
+    replicas: int = 1  # only the swarm runtime runs more than one
+    health_deadline_s: float = 120.0  # the swarm runtime's container HEALTHCHECK start period
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one replica answers. ``replica`` names it (task or container id); "" for a lone server."""
+
+    grpc_target: str
+    rest_url: str | None
+    replica: str = ""
+    slot: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -66,10 +85,27 @@ class ServerHandle:
     state_dir: str = ""  # the resolved state directory it belongs to
     start_ticks: int | None = None  # local: the process's start time (/proc/PID/stat), which a reused pid lacks
     weakenings: tuple[str, ...] = ()  # hardening it was started without (server.weakenings in effect)
+    # One endpoint per replica; empty for a single server (server.json files written before fleets
+    # existed have none). grpc_target/rest_url always name the first replica.
+    endpoints: tuple[Endpoint, ...] = ()
+    replicas: int = 1  # how many the runtime was asked to run
+
+    @property
+    def fleet(self) -> tuple[Endpoint, ...]:
+        """Every replica's endpoint, in slot order; a single server is a fleet of one."""
+        return self.endpoints or (Endpoint(self.grpc_target, self.rest_url, self.ident, 1),)
+
+    def with_endpoints(self, endpoints: tuple[Endpoint, ...]) -> ServerHandle:
+        """The same server with fresh endpoints (swarm tasks come and go with new host ports)."""
+        if not endpoints:
+            return replace(self, endpoints=())
+        first = endpoints[0]
+        return replace(self, endpoints=endpoints, grpc_target=first.grpc_target, rest_url=first.rest_url)
 
     def to_json(self) -> dict[str, Any]:
         data = dict(self.__dict__)
         data["weakenings"] = list(self.weakenings)
+        data["endpoints"] = [e.to_json() for e in self.endpoints]
         return data
 
     @classmethod
@@ -79,6 +115,14 @@ class ServerHandle:
         values = {k: v for k, v in data.items() if k in known}
         if "weakenings" in values:
             values["weakenings"] = tuple(str(w) for w in values["weakenings"] or ())
+        if "endpoints" in values:
+            endpoint_fields = {f.name for f in fields(Endpoint)}
+            endpoints = values["endpoints"] or ()
+            if not isinstance(endpoints, list) or not all(isinstance(e, dict) for e in endpoints):
+                raise ValueError("endpoints must be a list of objects")
+            values["endpoints"] = tuple(
+                Endpoint(**{k: v for k, v in e.items() if k in endpoint_fields}) for e in endpoints
+            )
         handle = cls(**values)
         if not all(isinstance(getattr(handle, name), str) for name in ("runtime", "ident", "name", "grpc_target")):
             raise ValueError("runtime, ident, name and grpc_target must be strings")
@@ -98,6 +142,29 @@ class ProcessState:
     detail: str = ""  # e.g. "OOMKilled", "exited", "running"
 
 
+@dataclass(frozen=True)
+class Replica:
+    """One replica as the runtime sees it now (a swarm task, a container, a process)."""
+
+    slot: int  # 1-based
+    ident: str  # task id, container id or pid
+    state: str  # the runtime's word: running, starting, pending, failed, exited, ...
+    endpoint: Endpoint | None  # None until the runtime publishes its ports
+    detail: str = ""  # an error or exit reason
+    exit_code: int | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+
+def single_replica(handle: ServerHandle, state: ProcessState) -> list[Replica]:
+    """The replica list of a runtime that runs one server: the handle itself."""
+    word = "running" if state.running else state.detail or "exited"
+    endpoint = handle.fleet[0] if state.running else None
+    return [Replica(1, handle.ident, word, endpoint, state.detail, state.exit_code)]
+
+
 class Runtime(Protocol):
     name: ClassVar[str]
 
@@ -114,6 +181,8 @@ class Runtime(Protocol):
     def follow_logs(self, handle: ServerHandle, tail: int = 50) -> Iterator[str]:
         """The last ``tail`` lines, then each new line as the server writes it, until it stops."""
         ...
+
+    def replicas(self, handle: ServerHandle) -> list[Replica]: ...
 
     def stop(self, handle: ServerHandle) -> None: ...
 

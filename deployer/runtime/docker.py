@@ -26,7 +26,7 @@ from docker.utils import parse_repository_tag
 
 from deployer import __version__
 from deployer.errors import DeployerError, NotHealthy, RuntimeUnavailable, StoreError, UsageError
-from deployer.runtime.base import LaunchSpec, Layout, Mount, ProcessState, ServerHandle
+from deployer.runtime.base import LaunchSpec, Layout, Mount, ProcessState, Replica, ServerHandle, single_replica
 
 COMPAT_IMAGE_REPOSITORY = "deployer/model-server-compat"
 GRPC_CONTAINER_PORT = "8500/tcp"
@@ -336,6 +336,9 @@ class DockerRuntime:
                     yield line.decode("utf-8", errors="replace")
             if pending:
                 yield pending.decode("utf-8", errors="replace")
+
+    def replicas(self, handle: ServerHandle) -> list[Replica]:
+        return single_replica(handle, self.state(handle))
 
     def stop(self, handle: ServerHandle) -> None:
         with _docker_errors(f"stop container {handle.name}"):

@@ -24,7 +24,7 @@ from typing import ClassVar
 
 from deployer import safe_io
 from deployer.errors import RuntimeUnavailable
-from deployer.runtime.base import LaunchSpec, Layout, ProcessState, ServerHandle
+from deployer.runtime.base import LaunchSpec, Layout, ProcessState, Replica, ServerHandle, single_replica
 from deployer.server_config import MODELS_CONFIG
 from deployer.state import StateDir
 
@@ -267,6 +267,9 @@ class LocalRuntime:
                     return
                 else:
                     time.sleep(poll_s)
+
+    def replicas(self, handle: ServerHandle) -> list[Replica]:
+        return single_replica(handle, self.state(handle))
 
     def stop(self, handle: ServerHandle) -> None:
         pid = int(handle.ident)

@@ -18,13 +18,15 @@ from deployer.cli import main
 from deployer.client import ClassifyResult, VersionStatus
 from deployer.errors import NotHealthy, RuntimeUnavailable, ServerRequestError
 from deployer.export import ExportResult
+from deployer.fleet import Fleet, Member
 from deployer.health import HealthReport
-from deployer.runtime.base import ProcessState, ServerHandle
+from deployer.runtime.base import Endpoint, ProcessState, ServerHandle
 from deployer.smoke import CaseResult, SmokeReport
 from tests.fakes import InferViaClassify
 from tests.unit.test_orchestrate import write_manifest
 
 HANDLE = ServerHandle("local", "4242", "deployer.model_server", "127.0.0.1:5000", "http://127.0.0.1:5001", "abc")
+FLEET_HANDLE = ServerHandle("swarm", "svc", "deployer-p", "127.0.0.1:5000", None, "abc", replicas=2)
 
 
 def run(*args: str) -> Result:
@@ -190,9 +192,30 @@ class FakeClient(InferViaClassify):
         self.closed = True
 
 
+def fleet_of(*clients: FakeClient) -> Fleet:
+    members = [Member(Endpoint(c.target, f"http://{c.target}", f"task{i}", i + 1), c) for i, c in enumerate(clients)]
+    return Fleet(members)  # type: ignore[arg-type]
+
+
+def test_smoke_checks_every_replica_or_the_one_asked_for(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    good, bad = FakeClient(wrong=False), FakeClient(wrong=True)
+    bad.target = "127.0.0.1:6000"
+    monkeypatch.setattr(orchestrate, "connect_fleet", lambda m: (FLEET_HANDLE, fleet_of(good, bad)))
+    result = run("smoke", "-f", manifest, "--json")
+    assert result.exit_code == 5, result.output
+    doc = json.loads(result.stdout)
+    assert [(r["target"], r["passed"]) for r in doc["reports"]] == [(good.target, True), (bad.target, False)]
+    assert "on 127.0.0.1:6000" in result.stderr and good.closed and bad.closed
+    result = run("smoke", "-f", manifest, "--replica", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["target"] for r in json.loads(result.stdout)["reports"]] == [good.target]
+    result = run("smoke", "-f", manifest, "--replica", "3")
+    assert result.exit_code == 2 and "--replica 3: the server has no such replica" in result.stderr
+
+
 def test_smoke_json_and_junit(manifest: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     client = FakeClient(wrong=False)
-    monkeypatch.setattr(orchestrate, "connect", lambda m: (HANDLE, client))
+    monkeypatch.setattr(orchestrate, "connect_fleet", lambda m: (HANDLE, fleet_of(client)))
     junit = tmp_path / "reports" / "smoke.xml"
     result = run("smoke", "-f", manifest, "--json", "--junit", str(junit))
     assert result.exit_code == 0, result.output
@@ -203,7 +226,7 @@ def test_smoke_json_and_junit(manifest: str, monkeypatch: pytest.MonkeyPatch, tm
 
 
 def test_smoke_mismatch_exits_5(manifest: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(orchestrate, "connect", lambda m: (HANDLE, FakeClient(wrong=True)))
+    monkeypatch.setattr(orchestrate, "connect_fleet", lambda m: (HANDLE, fleet_of(FakeClient(wrong=True))))
     junit = tmp_path / "smoke.xml"
     result = run("smoke", "-f", manifest, "--version", "1", "--junit", str(junit))
     assert result.exit_code == 5

@@ -91,9 +91,22 @@ BAD_MANIFESTS: list[tuple[str, Callable[[Doc], None], str]] = [
     ("smoke without expect_class", _delete("models.0.smoke.0.expect_class"), "models[0].smoke[0].expect_class: Field"),
     ("grpc port out of range", _set("server.grpc_port", 70000), "server.grpc_port: Input should be less than"),
     ("ports equal", _set("server.rest_port", 8500), "server: grpc_port and rest_port must differ"),
-    ("unknown runtime", _set("server.runtime", "k8s"), "server.runtime: Input should be 'auto', 'docker' or 'local'"),
+    ("unknown runtime", _set("server.runtime", "k8s"), "server.runtime: Input should be 'auto', 'docker', 'local' or"),
     ("unknown server key", _set("server.colour", "red"), "server.colour: unknown key"),
     ("bad batching", _set("server.batching", {"max_batch_size": 0}), "server.batching.max_batch_size: Input should"),
+    ("no replicas", _set("server.replicas", 0), "server.replicas: Input should be greater than or equal to 1"),
+    ("too many replicas", _set("server.replicas", 65), "server.replicas: Input should be less than or equal to 64"),
+    ("unknown kubernetes key", _set("kubernetes", {"ingress": True}), "kubernetes.ingress: unknown key"),
+    ("bad namespace", _set("kubernetes", {"namespace": "ML_Serving"}), "kubernetes.namespace: String should match"),
+    ("bad claim", _set("kubernetes", {"storage_claim": "-models"}), "kubernetes.storage_claim: String should match"),
+    ("bad service type", _set("kubernetes", {"service_type": "Ingress"}), "kubernetes.service_type: Input should be"),
+    ("bad cpu", _set("kubernetes", {"resources": {"requests": {"cpu": "lots"}}}),
+     "kubernetes.resources.requests.cpu: String should match"),
+    ("unknown resource", _set("kubernetes", {"resources": {"limits": {"gpu": "1"}}}),
+     "kubernetes.resources.limits.gpu: unknown key"),
+    ("requests over limits",
+     _set("kubernetes", {"resources": {"requests": {"memory": "4Gi"}, "limits": {"memory": "1Gi"}}}),
+     "kubernetes.resources: requests.memory 4Gi exceeds limits.memory 1Gi"),
 ]
 
 

@@ -19,7 +19,7 @@ from deployer.client import ClassifyResult, VersionStatus
 from deployer.errors import NotHealthy, RuntimeUnavailable, ServerRequestError, StoreError
 from deployer.export import ExportResult
 from deployer.manifest import Manifest, load_manifest
-from deployer.runtime.base import LaunchSpec, Layout, ProcessState, ServerHandle
+from deployer.runtime.base import LaunchSpec, Layout, ProcessState, Replica, ServerHandle, single_replica
 from deployer.server_config import ServedModel, parse_models_config, render_models_config
 from deployer.state import StateDir
 from tests import manifests
@@ -89,6 +89,9 @@ class FakeRuntime:
 
     def logs(self, handle: ServerHandle, tail: int = 50) -> str:
         return "fake server log\nE boom\n"
+
+    def replicas(self, handle: ServerHandle) -> list[Replica]:
+        return single_replica(handle, self.state(handle))
 
     def stop(self, handle: ServerHandle) -> None:
         self.stopped.append(handle.ident)
@@ -180,6 +183,7 @@ def make_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
     monkeypatch.setattr("deployer.export.train_and_export", train_and_export)
     monkeypatch.setattr(orchestrate, "_local", lambda m: runtime)
     monkeypatch.setattr(orchestrate, "_docker", no_docker)
+    monkeypatch.setattr(orchestrate, "_swarm", no_docker)
     monkeypatch.setattr(orchestrate, "ServingClient", FakeClient)
     return Env(manifest, runtime, world, trained)
 

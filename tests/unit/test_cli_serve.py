@@ -245,7 +245,7 @@ def test_smoke_flag_errors_and_nothing_running(manifest: str, monkeypatch: pytes
 
 
 def test_smoke_usage_mistakes_exit_2_naming_what_exists(manifest: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(orchestrate, "connect", lambda m: (HANDLE, FakeClient(wrong=False)))
+    monkeypatch.setattr(orchestrate, "connect_fleet", lambda m: (HANDLE, fleet_of(FakeClient(wrong=False))))
     typo = run("smoke", "-f", manifest, "--label", "stabel")
     # Before: exit 5, a line per case and "the served model answers ... wrongly".
     assert typo.exit_code == 2, typo.output
@@ -275,7 +275,8 @@ def test_smoke_against_any_server_with_target(manifest: str, monkeypatch: pytest
             return self.target != "127.0.0.1:1"
 
     monkeypatch.setattr(client_module, "ServingClient", TargetClient)
-    monkeypatch.setattr(orchestrate, "connect", lambda m: pytest.fail("--target must not use the manifest's server"))
+    never = "--target must not use the manifest's server"
+    monkeypatch.setattr(orchestrate, "connect_fleet", lambda m: pytest.fail(never))
     result = run("smoke", "-f", manifest, "--target", "127.0.0.2:18500", "--json")
     assert result.exit_code == 0, result.output
     assert made == ["127.0.0.2:18500"] and json.loads(result.stdout)["reports"][0]["target"] == "127.0.0.2:18500"

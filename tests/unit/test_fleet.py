@@ -217,6 +217,15 @@ def test_logs_are_merged_by_time_with_a_replica_prefix() -> None:
     assert runtime.logs(HANDLE) == "replica 1 (t1) | first\nreplica 2 (t2) | second\n"
 
 
+def test_follow_logs_prefixes_each_line_even_when_a_chunk_splits_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    runtime = runtime_with([task("t1", 1, "running", "a", 32001), task("t2", 2, "running", "b", 32003)])
+    details = "com.docker.swarm.node.id=n1,com.docker.swarm.service.id=svc1,com.docker.swarm.task.id="
+    text = f"2026-01-01T00:00:01Z {details}t1 first\n2026-01-01T00:00:02Z {details}t2 second\n"
+    chunks = [text[:50].encode(), text[50:].encode()]
+    monkeypatch.setattr(FakeService, "logs", lambda self, **kwargs: chunks)
+    assert list(runtime.follow_logs(HANDLE)) == ["replica 1 (t1) | first", "replica 2 (t2) | second"]
+
+
 def test_up_needs_an_active_swarm_manager(monkeypatch: pytest.MonkeyPatch) -> None:
     class Client:
         def __init__(self, swarm_info: dict[str, Any]) -> None:

@@ -401,7 +401,7 @@ _DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])
 # Kubernetes resource quantities, restricted to the forms people write for CPU and memory.
 _CPU = r"^([1-9][0-9]{0,5}m|[0-9]{1,3}(\.[0-9]{1,3})?)$"
 _MEMORY = r"^[1-9][0-9]{0,9}(Ki|Mi|Gi|Ti|k|M|G|T)?$"
-_MEMORY_UNITS = {
+_K8S_MEMORY_UNITS = {
     "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
 }  # fmt: skip
 MAX_REPLICAS = 64
@@ -416,7 +416,7 @@ def memory_bytes(quantity: str) -> int:
     match = re.fullmatch(r"(\d+)([A-Za-z]*)", quantity)
     if match is None:
         raise ValueError(f"not a memory quantity: {quantity}")
-    return int(match.group(1)) * _MEMORY_UNITS[match.group(2)]
+    return int(match.group(1)) * _K8S_MEMORY_UNITS[match.group(2)]
 
 
 class ResourceAmounts(_Strict):

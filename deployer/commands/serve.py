@@ -23,6 +23,7 @@ from deployer.commands.options import (
 )
 from deployer.commands.targets import rest_url_option, target_option
 from deployer.errors import SmokeFailed, UsageError
+from deployer.manifest import MAX_REPLICAS
 
 if TYPE_CHECKING:
     from deployer.manifest import Manifest, ModelSpec
@@ -291,7 +292,7 @@ def up(
 @rest_url_option
 @click.option(
     "--replica",
-    type=click.IntRange(min=1),
+    type=BoundedInt(1, MAX_REPLICAS),
     default=None,
     help="Only this replica (1-based, as `status` lists them); default: every replica.",
 )

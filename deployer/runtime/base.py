@@ -118,7 +118,7 @@ class ServerHandle:
         if "endpoints" in values:
             endpoint_fields = {f.name for f in fields(Endpoint)}
             endpoints = values["endpoints"] or ()
-            if not isinstance(endpoints, list) or not all(isinstance(e, dict) for e in endpoints):
+            if not isinstance(endpoints, list | tuple) or not all(isinstance(e, dict) for e in endpoints):
                 raise ValueError("endpoints must be a list of objects")
             values["endpoints"] = tuple(
                 Endpoint(**{k: v for k, v in e.items() if k in endpoint_fields}) for e in endpoints

@@ -27,7 +27,7 @@ from deployer.errors import InputDataError, UsageError
 from deployer.export import batch_from_file, batch_from_pairs
 from deployer.manifest import ModelSpec
 from deployer.smoke import JUnitTarget
-from tests.unit.test_cli_serve import HANDLE, FakeClient
+from tests.unit.test_cli_serve import HANDLE, FakeClient, fleet_of
 from tests.unit.test_orchestrate import write_manifest
 
 FEATURES = ["SepalLength", "SepalWidth", "PetalLength", "PetalWidth"]
@@ -57,11 +57,11 @@ def connects(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts connections to the (fake) server: a refused report must not cost a single request."""
     calls: list[int] = []
 
-    def connect(manifest: Any) -> Any:
+    def connect_fleet(manifest: Any) -> Any:
         calls.append(1)
-        return HANDLE, FakeClient(wrong=False)
+        return HANDLE, fleet_of(FakeClient(wrong=False))
 
-    monkeypatch.setattr(orchestrate, "connect", connect)
+    monkeypatch.setattr(orchestrate, "connect_fleet", connect_fleet)
     return calls
 
 

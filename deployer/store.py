@@ -1,6 +1,6 @@
 """The versioned base path: ``<base_path>/<version>/`` SavedModels, as TF Serving discovers them.
 
-Only all-digit directory names are versions (TF Serving ignores the rest), so an export is written
+Only children whose name is an int64 are versions (TF Serving ignores the rest), so an export is written
 to a hidden temporary directory and renamed to its number once complete: the server, polling the
 base path, never sees a half-written version (tensorflow/serving#1086).
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from deployer import safe_io
+from deployer import version_dirs as version_dirs_rule
 from deployer.errors import StoreError, UnsafeStateError, VersionNotFound
 from deployer.manifest import ModelSpec
 from deployer.protos import tf_proto
@@ -43,16 +44,25 @@ class VersionExists(StoreError):
 
 
 # ---- listing ---------------------------------------------------------------------------------
-def list_versions(base_path: Path) -> list[int]:
-    """Numeric version directories, ascending. Hidden/temporary entries are ignored; no base path → []."""
+def version_dirs(base_path: Path) -> dict[int, Path]:
+    """version -> its directory as found (``00000123`` is version 123), ascending; no base path → {}.
+
+    The rule is TF Serving's, shared with the model server (:mod:`deployer.version_dirs`): a child whose
+    name parses as an int64 is a version, anything else (hidden/temporary entries, ``²``, numbers beyond
+    int64) is ignored.
+    """
     try:
-        entries = list(os.scandir(base_path))
+        index = version_dirs_rule.scan(base_path)
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return {}
     except OSError as exc:
         raise StoreError(f"cannot list {base_path}: {exc.strerror or exc}") from None
-    # isdecimal rather than isdigit: int() rejects superscripts that isdigit accepts.
-    return sorted(int(e.name) for e in entries if e.name.isascii() and e.name.isdecimal() and e.is_dir())
+    return {version: base_path / index[version] for version in sorted(index)}
+
+
+def list_versions(base_path: Path) -> list[int]:
+    """Version numbers under ``base_path``, ascending (see :func:`version_dirs`)."""
+    return list(version_dirs(base_path))
 
 
 def latest_version(base_path: Path) -> int | None:
@@ -61,12 +71,13 @@ def latest_version(base_path: Path) -> int | None:
 
 
 def version_dir(base_path: Path, version: int) -> Path:
-    """The directory of an existing version. Raises VersionNotFound listing the versions there are."""
-    versions = list_versions(base_path)
-    if version not in versions:
-        available = ", ".join(str(v) for v in versions) if versions else "none (run `deployer train`)"
+    """The directory of an existing version, as found. Raises VersionNotFound listing the versions there are."""
+    dirs = version_dirs(base_path)
+    path = dirs.get(version)
+    if path is None:
+        available = ", ".join(str(v) for v in dirs) if dirs else "none (run `deployer train`)"
         raise VersionNotFound(f"version {version} does not exist under {base_path}", hint=f"available: {available}")
-    return base_path / str(version)
+    return path
 
 
 def resolve_version(base_path: Path, version: int | None) -> tuple[int, Path]:
@@ -179,6 +190,9 @@ def publish(tmp_dir: Path, base_path: Path, version: int) -> Path:
     final = base_path / str(version)
     if tmp_dir.parent.resolve() != base_path.resolve():
         raise StoreError(f"{tmp_dir} must be inside {base_path} for an atomic rename")
+    if version in version_dirs(base_path):
+        # Another spelling (``0042`` for 42) is the same version to TF Serving; never add a twin.
+        raise VersionExists(f"version {version} already exists under {base_path}; refusing to overwrite")
     try:
         safe_io.set_tree_modes(tmp_dir)
         fsync_tree(tmp_dir)

@@ -78,8 +78,7 @@ def versions(manifest_path: str, model_name: str | None, output: str, as_json: b
         entry = served.deployed(manifest, model)
         labels = entry.labels if entry else {}
         entries: list[dict[str, Any]] = []
-        for version in store.list_versions(base_path):
-            path = base_path / str(version)
+        for version, path in store.version_dirs(base_path).items():
             try:
                 metadata = store.read_metadata(path)
             except UsageError:

@@ -7,6 +7,7 @@ same field names TF Serving uses (unknown fields are an error, as with text_form
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,24 +15,43 @@ from typing import Any
 
 from google.protobuf import text_format
 
+from deployer import version_dirs
 from deployer.model_server.status import ServingError, invalid
 from deployer.protos import ensure_light_protos
 
 ensure_light_protos()
 from tensorflow_serving.config import model_server_config_pb2  # noqa: E402
 
+log = logging.getLogger(__name__)
+
 TENSORFLOW_PLATFORM = "tensorflow"
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 
 def parse_model_server_config(text: str, source: str = "<string>") -> Any:
-    """Parse ASCII ModelServerConfig; a syntax error is INVALID_ARGUMENT like ParseProtoTextFile."""
+    """Parse ASCII ModelServerConfig as util/proto_util.h ParseProtoTextFile does.
+
+    A syntax error is INVALID_ARGUMENT ``Invalid protobuf file: '<source>'``; protobuf's own reason goes
+    to the log, as libprotobuf's text-format error collector logs it.
+    """
     config = model_server_config_pb2.ModelServerConfig()
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as exc:
-        raise invalid(f"Invalid protobuf file: '{source}': {exc}") from exc
+        log.error("%s", text_format_error(config.DESCRIPTOR.full_name, exc))
+        raise invalid(f"Invalid protobuf file: '{source}'") from exc
     return config
+
+
+def text_format_error(type_name: str, exc: Any) -> str:
+    """libprotobuf's line: ``Error parsing text-format <type>: <line>:<col>: <reason>``."""
+    reason = str(exc)
+    line, column = exc.GetLine(), exc.GetColumn()
+    if line is not None and column is not None:
+        prefix = f"{line}:{column} : "
+        reason = reason.removeprefix(prefix)
+        return f"Error parsing text-format {type_name}: {line}:{column}: {reason}"
+    return f"Error parsing text-format {type_name}: {reason}"
 
 
 def read_model_server_config(path: str) -> Any:
@@ -92,16 +112,33 @@ def _is_absolute_uri(path: str) -> bool:
     return path.startswith("/") or bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", path))
 
 
-def aspired_versions(model: Any, on_disk: list[int]) -> set[int]:
-    """The versions a ModelVersionPolicy selects from those present on disk."""
+def aspired_versions(model: Any, children: list[str]) -> dict[int, str]:
+    """The versions a ModelVersionPolicy selects from a base path's children: version -> child as found.
+
+    FileSystemStoragePathSource: latest and specific index the children by version (of two spellings of
+    one version the last, bytewise, wins); ``all`` emits every version child and the manager keeps the
+    first of a duplicate id.
+    """
     policy = model.model_version_policy
     choice = policy.WhichOneof("policy_choice")
     if choice == "all":
-        return set(on_disk)
+        found: dict[int, str] = {}
+        for version, child in version_dirs.version_children(children):
+            found.setdefault(version, child)
+        return found
+    index = version_dirs.index_by_version(children)
     if choice == "specific":
-        return {v for v in policy.specific.versions if v in on_disk}
+        wanted = set(policy.specific.versions)
+        for version in sorted(wanted - set(index)):
+            log.warning(
+                "Version %d of servable %s, which was requested to be served as a 'specific' version in the "
+                "servable's version policy, was not found in the file system",
+                version,
+                model.name,
+            )
+        return {v: child for v, child in index.items() if v in wanted}
     num = policy.latest.num_versions if choice == "latest" and policy.latest.num_versions > 0 else 1
-    return set(sorted(on_disk, reverse=True)[:num])
+    return {v: index[v] for v in sorted(index, reverse=True)[:num]}
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """gRPC PredictionService and ModelService, registered from tensorflow-serving-api's generated servicers.
 
 Requests and errors are TF Serving's (classification_service.cc, regression_service.cc,
-predict_impl.cc, get_model_metadata_impl.cc, get_model_status_impl.cc, model_service_impl.cc).
-MultiInference answers UNIMPLEMENTED (ours: TF Serving implements it).
+predict_impl.cc, multi_inference_helper.cc, get_model_metadata_impl.cc, get_model_status_impl.cc,
+model_service_impl.cc). With ``--enable_profiler`` (default) the same port serves TF's profiler service
+(:mod:`deployer.model_server.profiler`). Listening addresses are ``host:port`` and/or ``unix:<path>``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
     get_model_status_pb2,
+    inference_pb2,
     model_management_pb2,
+    model_pb2,
     model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
@@ -67,15 +70,10 @@ def tensor_proto(value: np.ndarray) -> Any:
     return proto
 
 
-def classify(core: ServerCore, request: Any, metrics: Metrics | None = None) -> Any:
-    servable = core.servable(request.model_spec)
-    classes, scores = servable.classify(request.model_spec.signature_name, request.input)
-    response = classification_pb2.ClassificationResponse()
-    fill_model_spec(response.model_spec, servable.name, servable.version, request.model_spec.signature_name)
-    classifications = response.result.classifications
-    rows = len(classes) if classes is not None else len(scores)
-    if metrics is not None:
-        metrics.record_examples(request.model_spec.name, rows)
+def fill_classifications(result: Any, classes: np.ndarray | None, scores: np.ndarray | None) -> int:
+    """A ClassificationResult from validated (classes, scores); returns the number of examples."""
+    classifications = result.classifications
+    rows = len(classes) if classes is not None else len(scores) if scores is not None else 0
     labels = classes.tolist() if classes is not None else None
     values = scores.tolist() if scores is not None else None
     for i in range(rows):
@@ -90,6 +88,17 @@ def classify(core: ServerCore, request: Any, metrics: Metrics | None = None) -> 
             assert values is not None
             for score in values[i]:
                 out.add(score=score)
+    return rows
+
+
+def classify(core: ServerCore, request: Any, metrics: Metrics | None = None) -> Any:
+    servable = core.servable(request.model_spec)
+    classes, scores = servable.classify(request.model_spec.signature_name, request.input)
+    response = classification_pb2.ClassificationResponse()
+    fill_model_spec(response.model_spec, servable.name, servable.version, request.model_spec.signature_name)
+    rows = fill_classifications(response.result, classes, scores)
+    if metrics is not None:
+        metrics.record_examples(request.model_spec.name, rows)
     return response
 
 
@@ -102,6 +111,27 @@ def regress(core: ServerCore, request: Any, metrics: Metrics | None = None) -> A
         metrics.record_examples(request.model_spec.name, len(values))
     for value in values.tolist():
         response.result.regressions.add(value=value)
+    return response
+
+
+def multi_inference(core: ServerCore, request: Any, metrics: Metrics | None = None) -> Any:
+    """multi_inference_helper.cc: the servable comes from the first task's ModelSpec."""
+    spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+    servable = core.servable(spec)
+    results = servable.multi_inference(request)
+    response = inference_pb2.MultiInferenceResponse()
+    examples = 0
+    for task, (kind, data) in zip(request.tasks, results, strict=True):
+        result = response.results.add()
+        if kind == "classification_result":
+            examples = fill_classifications(result.classification_result, *data)
+        else:
+            examples = len(data)
+            for value in data.tolist():
+                result.regression_result.regressions.add(value=value)
+        fill_model_spec(result.model_spec, task.model_spec.name, servable.version, task.model_spec.signature_name)
+    if metrics is not None and request.tasks:
+        metrics.record_examples(request.tasks[0].model_spec.name, examples)
     return response
 
 
@@ -219,11 +249,13 @@ class PredictionServicer(_Base, prediction_service_pb2_grpc.PredictionServiceSer
         )
 
     def MultiInference(self, request: Any, context: Any) -> Any:
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details("MultiInference is not implemented by deployer-model-server")
-        from tensorflow_serving.apis import inference_pb2
-
-        return inference_pb2.MultiInferenceResponse()
+        return self._call(
+            "MultiInference",
+            request,
+            context,
+            lambda: multi_inference(self.core, request, self.metrics),
+            inference_pb2.MultiInferenceResponse(),
+        )
 
 
 class ModelServicer(_Base, model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
@@ -274,8 +306,15 @@ def max_request_bytes(arguments: list[tuple[str, int | str]]) -> int:
 
 
 def start_grpc_server(
-    core: ServerCore, metrics: Metrics, host: str, port: int, workers: int, channel_arguments: str = ""
+    core: ServerCore,
+    metrics: Metrics,
+    addresses: list[str],
+    workers: int,
+    channel_arguments: str = "",
+    *,
+    profiler: bool = True,
 ) -> Any:
+    """Serve on every address (``host:port`` or ``unix:<path>``, as server.cc's AddListeningPort calls)."""
     extra = parse_channel_arguments(channel_arguments)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
@@ -290,8 +329,12 @@ def start_grpc_server(
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(core, metrics), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(core, metrics), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot bind gRPC port {host}:{port}")
+    if profiler:
+        from deployer.model_server.profiler import add_profiler_service_to_server
+
+        add_profiler_service_to_server(server)
+    for address in addresses:
+        if server.add_insecure_port(address) == 0:
+            raise OSError(f"cannot listen on {address}")
     server.start()
     return server

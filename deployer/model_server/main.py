@@ -2,12 +2,13 @@
 
 Flags take ``--flag=value`` or ``--flag value``; booleans also ``--flag``. Startup order follows
 server.cc: validate flags, build the config, load every initial model (ports stay closed until all are
-AVAILABLE), then open gRPC and, if ``--rest_api_port`` is set, REST.
+AVAILABLE), then open gRPC (TCP ``--port`` unless 0, and ``unix:<--grpc_socket_path>`` when set) and, if
+``--rest_api_port`` is set, REST. A failure in BuildAndStart prints ``Failed to start server. Error:
+<CODE>: <message>`` on stdout and exits 255 (main.cc returns -1), as TF Serving does.
 
 Ours, not TF Serving's: an unknown flag or stray argument is fatal (TF Serving prints "unknown
-argument" and usage); startup failures exit with status 1 and "Failed to start server" (TF Serving
-aborts); servers bind the host in ``$DEPLOYER_MODEL_SERVER_HOST`` (default 127.0.0.1; TF Serving binds
-0.0.0.0 — set it to 0.0.0.0 in containers); ``--port=0`` (gRPC over a unix socket only) is rejected.
+argument" and usage, then carries on); servers bind the host in ``$DEPLOYER_MODEL_SERVER_HOST``
+(default 127.0.0.1; TF Serving binds 0.0.0.0 — set it to 0.0.0.0 in containers).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class _Flag:
 
 
 FLAGS: dict[str, _Flag] = {
-    "port": _Flag(int, 8500, "gRPC port"),
+    "port": _Flag(int, 8500, "gRPC TCP port; 0 disables it (then --grpc_socket_path is required)"),
+    "grpc_socket_path": _Flag(str, "", "also serve gRPC on this UNIX socket (relative or absolute path)"),
     "rest_api_port": _Flag(int, 0, "REST port; 0 disables REST"),
     "rest_api_timeout_in_ms": _Flag(int, 30000, "REST request timeout"),
     "rest_api_num_threads": _Flag(int, 0, "REST handler threads; 0 = 4 per CPU"),
@@ -65,6 +67,10 @@ FLAGS: dict[str, _Flag] = {
     "flush_filesystem_caches": _Flag(bool, True, "no effect here", ignored=True),
     "enable_grpc_healthcheck_service": _Flag(bool, False, "not provided here", ignored=True),
     "grpc_max_threads": _Flag(int, 0, "gRPC handler threads; 0 = 4 x CPUs (ours: Python thread pool)"),
+    "prefer_tflite_model": _Flag(bool, False, "serve <version>/model.tflite (TF's TFLite interpreter) when present"),
+    "num_tflite_pools": _Flag(int, 0, "one interpreter per TFLite model here", ignored=True),
+    "num_tflite_interpreters_per_pool": _Flag(int, 1, "one interpreter per TFLite model here", ignored=True),
+    "enable_profiler": _Flag(bool, True, "serve tensorflow.ProfilerService on the gRPC port"),
 }
 
 _TRUE = {"true", "1", "t", "yes"}
@@ -121,14 +127,6 @@ def _read(path: str) -> str:
 
 
 def _validate(flags: dict[str, Any]) -> None:
-    if flags["batching_parameters_file"] and not flags["enable_batching"]:
-        raise FlagError(
-            "server_options.batching_parameters_file is set without setting server_options.enable_batching to true."
-        )
-    if not flags["model_config_file"] and not flags["model_base_path"]:
-        raise FlagError("Both server_options.model_base_path and server_options.model_config_file are empty!")
-    if flags["port"] == 0:
-        raise FlagError("--port=0 (gRPC only on --grpc_socket_path) is not supported by deployer-model-server")
     if flags["enable_signature_method_name_check"]:
         raise FlagError("--enable_signature_method_name_check=true is not supported by deployer-model-server")
     if flags["saved_model_tags"] != "serve":
@@ -155,15 +153,43 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(flags)
     except _StartupError as exc:
-        print(f"Failed to start server. Error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        # main.cc: std::cout << "Failed to start server. Error: " << status; return -1.
+        print(f"Failed to start server. Error: {exc}", flush=True)
+        return 255
 
 
 class _StartupError(Exception):
     pass
 
 
+def _build_checks(flags: dict[str, Any]) -> None:
+    """Server::BuildAndStart's checks, before anything is loaded (INVALID_ARGUMENT)."""
+    if flags["port"] == 0 and not flags["grpc_socket_path"]:
+        raise _StartupError(
+            "INVALID_ARGUMENT: At least one of server_options.grpc_port or server_options.grpc_socket_path "
+            "must be set."
+        )
+    if not flags["model_config_file"] and not flags["model_base_path"]:
+        raise _StartupError(
+            "INVALID_ARGUMENT: Both server_options.model_base_path and server_options.model_config_file are empty!"
+        )
+    if flags["batching_parameters_file"] and not flags["enable_batching"]:
+        raise _StartupError(
+            "INVALID_ARGUMENT: server_options.batching_parameters_file is set without setting "
+            "server_options.enable_batching to true."
+        )
+
+
+def _register_tf_text_ops() -> None:
+    """The TF Serving binary links TF Text's kernels; models using them need the ops before loading."""
+    try:
+        import tensorflow_text  # noqa: F401
+    except ImportError as exc:
+        log.warning("TF Text ops are not available (%s): models using them will fail to load", exc)
+
+
 def _run(flags: dict[str, Any]) -> int:
+    _build_checks(flags)
     # Heavy imports after flag checks, so a bad command line fails fast.
     from deployer.model_server import config as cfg
     from deployer.model_server.status import ServingError
@@ -193,14 +219,21 @@ def _run(flags: dict[str, Any]) -> int:
     from deployer.model_server.metrics import Metrics
     from deployer.model_server.rest_api import RestApi, start_rest_server
     from deployer.model_server.servable import Servable
+    from deployer.model_server.tflite import TFLITE_MODEL_FILE, TfLiteServable
 
+    _register_tf_text_ops()
     metrics = Metrics()
     intra = flags["tensorflow_intra_op_parallelism"] or flags["tensorflow_session_parallelism"]
     inter = flags["tensorflow_inter_op_parallelism"] or flags["tensorflow_session_parallelism"]
 
     def load(name: str, version: int, path: str) -> Any:
         try:
-            servable = Servable(name, version, path, batching=batching, intra_op_threads=intra, inter_op_threads=inter)
+            if flags["prefer_tflite_model"] and os.path.exists(os.path.join(path, TFLITE_MODEL_FILE)):
+                servable: Any = TfLiteServable(name, version, path)
+            else:
+                servable = Servable(
+                    name, version, path, batching=batching, intra_op_threads=intra, inter_op_threads=inter
+                )
         except ServingError:
             metrics.record_load(path, ok=False)
             raise
@@ -241,12 +274,24 @@ def _run(flags: dict[str, Any]) -> int:
 
     host = os.environ.get("DEPLOYER_MODEL_SERVER_HOST", "127.0.0.1")
     workers = flags["grpc_max_threads"] or max(8, 4 * (os.cpu_count() or 1))
+    addresses = []
+    if flags["port"]:
+        addresses.append(f"{host}:{flags['port']}")
+    if flags["grpc_socket_path"]:
+        addresses.append(f"unix:{flags['grpc_socket_path']}")
     try:
-        grpc_server = start_grpc_server(core, metrics, host, flags["port"], workers, flags["grpc_channel_arguments"])
+        grpc_server = start_grpc_server(
+            core, metrics, addresses, workers, flags["grpc_channel_arguments"], profiler=flags["enable_profiler"]
+        )
     except (OSError, RuntimeError) as exc:
         core.stop()
-        raise _StartupError(f"cannot listen on {host}:{flags['port']}: {exc}") from exc
-    log.info("Running gRPC ModelServer at %s:%d ...", host, flags["port"])
+        raise _StartupError(f"INVALID_ARGUMENT: Failed to BuildAndStart gRPC server: {exc}") from exc
+    if flags["enable_profiler"]:
+        log.info("Profiler service is enabled")
+    if flags["port"]:
+        log.info("Running gRPC ModelServer at %s:%d ...", host, flags["port"])
+    if flags["grpc_socket_path"]:
+        log.info("Running gRPC ModelServer at UNIX socket %s ...", flags["grpc_socket_path"])
     rest_server = None
     if flags["rest_api_port"]:
         if flags["rest_api_port"] == flags["port"]:
@@ -297,9 +342,14 @@ def _poll_config_file(core: Any, path: str, period: int, stopping: threading.Eve
 
     while not stopping.wait(period):
         try:
-            core.reload_config(read_model_server_config(path), still_waiting=lambda: not stopping.is_set())
+            config = read_model_server_config(path)
         except ServingError as exc:
-            log.error("Failed to reload model config from %s: %s", path, exc)
+            log.error("Failed to read ModelServerConfig file: %s", exc.message)
+            continue
+        try:
+            core.reload_config(config, still_waiting=lambda: not stopping.is_set())
+        except ServingError as exc:
+            log.error("PollFilesystemAndReloadConfig failed to ReloadConfig: %s", exc.message)
 
 
 if __name__ == "__main__":

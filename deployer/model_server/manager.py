@@ -4,7 +4,8 @@ Mirrors TF Serving's ServerCore + FileSystemStoragePathSource + AspiredVersionsM
 AvailabilityPreservingPolicy:
 
 - A manager thread polls every model's base path each ``file_system_poll_wait_seconds`` (0 = once,
-  negative = never) for numeric version directories; the version policy picks the aspired set.
+  negative = never) for version directories (:mod:`deployer.version_dirs`, the rule deployer's store
+  shares); the version policy picks the aspired set, each version loaded from its directory as found.
 - New aspired versions are loaded serially (highest first, as with the default 0 load threads) and
   reported START → LOADING → AVAILABLE, or END with the load error. Unaspired versions are unloaded
   (UNLOADING → END) only once an aspired version is AVAILABLE, or when the model has no aspired
@@ -32,6 +33,7 @@ from typing import Any
 
 import grpc
 
+from deployer import version_dirs
 from deployer.model_server.config import aspired_versions, validate_model_config_list
 from deployer.model_server.status import ServingError, invalid
 
@@ -250,7 +252,7 @@ class ServerCore:
             removed, self._removed = self._removed, []
             models = list(self._models.items())
         for model in removed:
-            self._reconcile(model, set())
+            self._reconcile(model, {})
         poll_disk = self._poll_wait >= 0
         for name, model in models:
             if self._stop.is_set():
@@ -259,23 +261,28 @@ class ServerCore:
             aspired = aspired_versions(model.config, on_disk)
             self._reconcile(model, aspired)
             if not aspired and name not in self._states:
-                log.warning("No versions of servable %s found under base path %s", name, model.config.base_path)
+                log.warning(
+                    "No versions of servable %s found under base path %s. Did you forget to name your leaf "
+                    "directory as a number (eg. '/1/')?",
+                    name,
+                    model.config.base_path,
+                )
 
     @staticmethod
-    def _versions_on_disk(config: Any) -> list[int]:
+    def _versions_on_disk(config: Any) -> list[str]:
+        """The base path's children (sorted bytewise); the policy picks the version ones."""
         try:
-            entries = os.listdir(config.base_path)
+            return version_dirs.list_children(config.base_path)
         except FileNotFoundError:
             log.error("Could not find base path %s for servable %s", config.base_path, config.name)
-            return []
         except OSError as exc:
             log.error("Cannot list %s: %s", config.base_path, exc)
-            return []
-        # FileSystemStoragePathSource: a version dir is a non-negative integer name, anything else ignored.
-        return [int(e) for e in entries if e.isdigit() and os.path.isdir(os.path.join(config.base_path, e))]
+        return []
 
-    def _reconcile(self, model: _Model, aspired: set[int]) -> None:
+    def _reconcile(self, model: _Model, aspired_dirs: dict[int, str]) -> None:
+        """Load new aspired versions from their directory as found (``00000123`` for 123), unload the rest."""
         name = model.config.name
+        aspired = set(aspired_dirs)
         with self._lock:
             model.failed &= aspired  # an unaspired failure may be retried if it comes back
             new = sorted(aspired - set(model.loaded) - model.failed, reverse=True)
@@ -284,7 +291,7 @@ class ServerCore:
         for version in new:
             if self._stop.is_set():
                 return
-            path = os.path.join(model.config.base_path, str(version))
+            path = os.path.join(model.config.base_path, aspired_dirs[version])
             self._set_state(name, version, LOADING)
             started = time.monotonic()
             try:

@@ -122,6 +122,47 @@ def session_config(intra_op_threads: int = 0, inter_op_threads: int = 0) -> Any:
     )
 
 
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def check_classification(
+    classes: np.ndarray | None, scores: np.ndarray | None, n: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """PostProcessClassificationResult's checks on (classes [B,K] string, scores [B,K] float32)."""
+    for label, tensor, want in (("classes", classes, np.object_), ("scores", scores, np.float32)):
+        if tensor is None:
+            continue
+        if tensor.ndim != 2:
+            raise invalid(f"Expected Tensor shape: [batch_size num_classes] but got {shape_string(tensor.shape)}")
+        if tensor.dtype != want:
+            expected = "DT_STRING" if label == "classes" else "DT_FLOAT"
+            got = dtype_name(tf.dtypes.as_dtype(tensor.dtype).as_datatype_enum)
+            raise invalid(f"Expected {label} Tensor of {expected}. Got: {got}")
+        if tensor.shape[0] != n:
+            raise invalid(f"Expected {label} output batch size of {n}. Got: {tensor.shape[0]}")
+    if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
+        raise invalid(
+            f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}"
+        )
+    return classes, scores
+
+
+def check_regression(out: np.ndarray, n: int) -> np.ndarray:
+    """PostProcessRegressionResult's checks; the values as a flat float32 vector."""
+    if not (out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)):
+        raise invalid(
+            "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+            f"{shape_string(out.shape)}"
+        )
+    if out.shape[0] != n:
+        raise invalid(f"Input batch size did not match output batch size: {n} vs. {out.shape[0]}")
+    if out.dtype != np.float32:
+        got = dtype_name(tf.dtypes.as_dtype(out.dtype).as_datatype_enum)
+        raise invalid(f"Expected output Tensor of DT_FLOAT.  Got: {got}")
+    return np.asarray(out).reshape(-1)
+
+
 class _ClassifyPlan:
     __slots__ = ("fetches", "has_classes", "has_scores", "input_name")
 
@@ -314,17 +355,13 @@ class Servable:
         if len(proto.outputs) not in (1, 2):
             raise invalid(f"Expected one or two output Tensors, found {len(proto.outputs)}")
         if "inputs" not in proto.inputs:
-            raise ServingError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"No classification inputs found in SignatureDef: {_signature_debug_string(proto)}",
-            )
+            raise invalid(f"No classification inputs found in SignatureDef: {_signature_debug_string(proto)}")
         has_classes = "classes" in proto.outputs
         has_scores = "scores" in proto.outputs
         if not (has_classes or has_scores):
-            raise ServingError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise invalid(
                 'Expected classification signature outputs to contain at least one of "classes" or "scores". '
-                f"Signature was: {_signature_debug_string(proto)}",
+                f"Signature was: {_signature_debug_string(proto)}"
             )
         fetches = []
         if has_classes:
@@ -341,58 +378,28 @@ class Servable:
         examples = serialized_examples(input_proto)
         batch = np.array(examples, dtype=object)
         outputs = self.run((plan.input_name,), tuple(plan.fetches), (batch,))
-        n = len(examples)
         classes = outputs[0] if plan.has_classes else None
         scores = outputs[-1] if plan.has_scores else None
-        for label, tensor, want in (("classes", classes, np.object_), ("scores", scores, np.float32)):
-            if tensor is None:
-                continue
-            if tensor.ndim != 2:
-                raise invalid(f"Expected Tensor shape: [batch_size num_classes] but got {shape_string(tensor.shape)}")
-            if tensor.dtype != want:
-                expected = "DT_STRING" if label == "classes" else "DT_FLOAT"
-                got = dtype_name(tf.dtypes.as_dtype(tensor.dtype).as_datatype_enum)
-                raise invalid(f"Expected {label} Tensor of {expected}. Got: {got}")
-            if tensor.shape[0] != n:
-                raise invalid(f"Expected {label} output batch size of {n}. Got: {tensor.shape[0]}")
-        if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
-            raise invalid(
-                f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}"
-            )
-        return classes, scores
+        return check_classification(classes, scores, len(examples))
 
-    def regress(self, signature_name: str, input_proto: Any) -> np.ndarray:
-        sig = self.signature(signature_name)
-        proto = sig.proto
+    def _regress_plan(self, name: str) -> tuple[str, str]:
+        """PreProcessRegression: (input tensor name, output tensor name)."""
+        proto = self.signature(name).proto
         if len(proto.inputs) != 1:
             raise invalid("Expected one input Tensor.")
         if len(proto.outputs) != 1:
             raise invalid("Expected one output Tensor.")
         if "inputs" not in proto.inputs:
-            raise ServingError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"No regression inputs found in SignatureDef: {_signature_debug_string(proto)}",
-            )
+            raise invalid(f"No regression inputs found in SignatureDef: {_signature_debug_string(proto)}")
         if "outputs" not in proto.outputs:
-            raise ServingError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"No regression outputs found in SignatureDef: {_signature_debug_string(proto)}",
-            )
+            raise invalid(f"No regression outputs found in SignatureDef: {_signature_debug_string(proto)}")
+        return proto.inputs["inputs"].name, proto.outputs["outputs"].name
+
+    def regress(self, signature_name: str, input_proto: Any) -> np.ndarray:
+        input_name, output_name = self._regress_plan(signature_name)
         examples = serialized_examples(input_proto)
-        (out,) = self.run(
-            (proto.inputs["inputs"].name,), (proto.outputs["outputs"].name,), (np.array(examples, dtype=object),)
-        )
-        if not (out.ndim == 1 or (out.ndim == 2 and out.shape[1] == 1)):
-            raise invalid(
-                "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
-                f"{shape_string(out.shape)}"
-            )
-        if out.shape[0] != len(examples):
-            raise invalid(f"Input batch size did not match output batch size: {len(examples)} vs. {out.shape[0]}")
-        if out.dtype != np.float32:
-            got = dtype_name(tf.dtypes.as_dtype(out.dtype).as_datatype_enum)
-            raise invalid(f"Expected output Tensor of DT_FLOAT.  Got: {got}")
-        return np.asarray(out).reshape(-1)
+        (out,) = self.run((input_name,), (output_name,), (np.array(examples, dtype=object),))
+        return check_regression(out, len(examples))
 
     def predict_plan(
         self, signature_name: str, dtypes: Mapping[str, int], output_filter: Sequence[str] = ()
@@ -450,6 +457,64 @@ class Servable:
     ) -> dict[str, np.ndarray]:
         dtypes = {alias: array_dtype_enum(value) for alias, value in inputs.items()}
         return self.run_predict(self.predict_plan(signature_name, dtypes, output_filter), inputs)
+
+    # -- MultiInference ------------------------------------------------------------------------
+
+    def multi_inference(self, request: Any) -> list[tuple[str, Any]]:
+        """multi_inference.cc TensorFlowMultiInferenceRunner::Infer, with its validation and messages.
+
+        Every task names the same model and a distinct signature; each signature passes the
+        Classify/Regress preprocessing for its ``method_name``. One run feeds the serialized examples
+        to every task's input tensor and fetches the union of their outputs (sorted, as std::set).
+        Returns ("classification_result" | "regression_result", (model_spec, result data)) per task.
+        """
+        model_name = ""
+        seen: set[str] = set()
+        input_names: set[str] = set()
+        output_names: set[str] = set()
+        for task in request.tasks:
+            if not task.model_spec.name:
+                raise invalid("Found ModelSpec with an empty model name.")
+            if not model_name:
+                model_name = task.model_spec.name
+            elif model_name != task.model_spec.name:
+                raise invalid("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+            key = task.model_spec.signature_name or DEFAULT_SIGNATURE
+            if key in seen:
+                raise invalid(f"Duplicate evaluation of signature: {key}")
+            seen.add(key)
+            proto = self.signature_defs.get(key)
+            if proto is None:
+                raise invalid(f"Requested signature not found in model graph: {key}")
+            if task.method_name == CLASSIFY_METHOD:
+                plan = self._classify_plan(key)
+                input_names.add(plan.input_name)
+                output_names.update(plan.fetches)
+            elif task.method_name == REGRESS_METHOD:
+                input_name, output_name = self._regress_plan(key)
+                input_names.add(input_name)
+                output_names.add(output_name)
+            else:
+                raise ServingError(
+                    grpc.StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}"
+                )
+        examples = serialized_examples(request.input)
+        batch = np.array(examples, dtype=object)
+        feeds = tuple(sorted(input_names))
+        fetches = tuple(sorted(output_names))
+        values = dict(zip(fetches, self.run(feeds, fetches, tuple(batch for _ in feeds)), strict=True))
+        results: list[tuple[str, Any]] = []
+        for task in request.tasks:
+            key = task.model_spec.signature_name or DEFAULT_SIGNATURE
+            if task.method_name == CLASSIFY_METHOD:
+                plan = self._classify_plan(key)
+                classes = values[plan.fetches[0]] if plan.has_classes else None
+                scores = values[plan.fetches[-1]] if plan.has_scores else None
+                results.append(("classification_result", check_classification(classes, scores, len(examples))))
+            else:
+                _input, output_name = self._regress_plan(key)
+                results.append(("regression_result", check_regression(values[output_name], len(examples))))
+        return results
 
     # -- warmup --------------------------------------------------------------------------------
 

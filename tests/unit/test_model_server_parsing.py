@@ -65,11 +65,27 @@ def test_version_policies() -> None:
         'config { name: "d" base_path: "/d" model_platform: "tensorflow" } }'
     )
     a, b, c, d = config.model_config_list.config
-    disk = [1, 3, 2]
-    assert aspired_versions(a, disk) == {2, 3}
-    assert aspired_versions(b, disk) == {1}
-    assert aspired_versions(c, disk) == {1, 2, 3}
-    assert aspired_versions(d, disk) == {3}
+    disk = ["1", "3", "2", "latest", ".tmp-4"]
+    assert aspired_versions(a, disk) == {2: "2", 3: "3"}
+    assert aspired_versions(b, disk) == {1: "1"}
+    assert aspired_versions(c, disk) == {1: "1", 2: "2", 3: "3"}
+    assert aspired_versions(d, disk) == {3: "3"}
+
+
+def test_version_policies_serve_zero_padded_dirs_as_found() -> None:
+    """file_system_storage_path_source.cc: 00000123 is version 123 loaded from 00000123; of two spellings
+    of one version latest/specific take the last child (bytewise), ``all`` keeps the first."""
+    config = parse_model_server_config(
+        'model_config_list { config { name: "l" base_path: "/l" model_platform: "tensorflow" } '
+        'config { name: "s" base_path: "/s" model_platform: "tensorflow" '
+        "model_version_policy { specific { versions: 123 versions: 7 } } } "
+        'config { name: "a" base_path: "/a" model_platform: "tensorflow" model_version_policy { all {} } } }'
+    )
+    latest, specific, every = config.model_config_list.config
+    disk = sorted(["00000123", "007", "7", "00000009"])
+    assert aspired_versions(latest, disk) == {123: "00000123"}
+    assert aspired_versions(specific, disk) == {123: "00000123", 7: "7"}
+    assert aspired_versions(every, disk) == {9: "00000009", 7: "007", 123: "00000123"}
 
 
 def test_batching_and_monitoring_files() -> None:

@@ -23,12 +23,37 @@ IRIS = load_manifest(IRIS_MANIFEST).model()
 
 
 # ---- listing and allocation ------------------------------------------------------------------
-def test_list_versions_ignores_non_numeric_and_files(tmp_path: Path) -> None:
-    for name in ["10", "2", "1700000000", ".tmp-3-1-abcd", "latest", "0x5", "٣"]:
+def test_list_versions_ignores_what_tf_serving_ignores(tmp_path: Path) -> None:
+    for name in ["10", "2", "1700000000", ".tmp-3-1-abcd", "latest", "0x5", "٣", "²", "9" * 20, "1_0"]:
         (tmp_path / name).mkdir()
-    (tmp_path / "7").write_text("a file, not a version")
     assert store.list_versions(tmp_path) == [2, 10, 1700000000]
     assert store.latest_version(tmp_path) == 1700000000
+
+
+def test_a_file_named_as_a_number_is_a_version_as_for_tf_serving(tmp_path: Path) -> None:
+    # FileSystemStoragePathSource looks at names only; TF Serving then fails to load it, and so does validation.
+    (tmp_path / "7").write_text("a file")
+    assert store.list_versions(tmp_path) == [7]
+    with pytest.raises(StoreError, match="is not a directory"):
+        store.validate_version(store.version_dir(tmp_path, 7), IRIS)
+
+
+def test_zero_padded_versions_resolve_to_the_directory_as_found(tmp_path: Path) -> None:
+    (tmp_path / "0042").mkdir()
+    (tmp_path / "00000123").mkdir()
+    assert store.list_versions(tmp_path) == [42, 123]
+    assert store.version_dirs(tmp_path) == {42: tmp_path / "0042", 123: tmp_path / "00000123"}
+    assert store.version_dir(tmp_path, 42) == tmp_path / "0042"
+    assert store.resolve_version(tmp_path, None) == (123, tmp_path / "00000123")
+    assert store.allocate_version(tmp_path, now=100) == 124
+
+
+def test_publish_refuses_another_spelling_of_an_existing_version(tmp_path: Path) -> None:
+    (tmp_path / "0042").mkdir()
+    tmp_dir = store.make_temp_dir(tmp_path, 42)
+    with pytest.raises(store.VersionExists):
+        store.publish(tmp_dir, tmp_path, 42)
+    assert not (tmp_path / "42").exists()
 
 
 def test_missing_base_path_has_no_versions(tmp_path: Path) -> None:

@@ -191,6 +191,13 @@ def model_status(core: ServerCore, request: Any) -> Any:
     return response
 
 
+def _model_name(request: Any) -> str:
+    """The model a request names, for metrics (MultiInference: its first task's)."""
+    if request.DESCRIPTOR.name == "MultiInferenceRequest":
+        return str(request.tasks[0].model_spec.name) if request.tasks else ""
+    return str(request.model_spec.name) if request.HasField("model_spec") else ""
+
+
 class _Base:
     def __init__(self, core: ServerCore, metrics: Metrics) -> None:
         self.core = core
@@ -198,7 +205,7 @@ class _Base:
 
     def _call(self, api: str, request: Any, context: Any, handler: Callable[[], Any], empty: Any) -> Any:
         started = time.perf_counter()
-        model = request.model_spec.name if request.HasField("model_spec") else ""
+        model = _model_name(request)
         try:
             response = handler()
             status = "OK"

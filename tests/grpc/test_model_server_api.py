@@ -196,11 +196,12 @@ def test_model_metadata(server: RunningServer) -> None:
     assert err.details() == "Metadata field other is not supported"  # type: ignore[attr-defined]
 
 
-def test_multi_inference_is_unimplemented(server: RunningServer) -> None:
+def test_empty_multi_inference_names_no_model(server: RunningServer) -> None:
     from tensorflow_serving.apis import inference_pb2
 
     err = rpc_error(lambda: _stub(server).MultiInference(inference_pb2.MultiInferenceRequest(), timeout=10))  # type: ignore[attr-defined]
-    assert err.code() == grpc.StatusCode.UNIMPLEMENTED  # type: ignore[attr-defined]
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert err.details() == "ModelSpec has no name specified."  # type: ignore[attr-defined]
 
 
 # -- GetModelStatus ------------------------------------------------------------------------------------
@@ -275,7 +276,11 @@ def test_rest_errors(server: RunningServer) -> None:
     assert malformed.status_code == 400
     assert malformed.json()["error"].startswith("JSON Parse error")
     empty = requests.post(url, json={"examples": []}, timeout=10)
-    assert (empty.status_code, empty.json()) == (400, {"error": "Input is empty."})
+    # json_tensor.cc rejects an empty list before the classifier sees it.
+    assert (empty.status_code, empty.json()) == (
+        400,
+        {"error": "JSON Value: {\n    \"examples\": []\n} 'examples' value is an empty array"},
+    )
     label = requests.post(
         f"{server.rest}/v1/models/iris/labels/nope:classify", json={"examples": ROWS_JSON}, timeout=10
     )

@@ -177,17 +177,18 @@ def test_label_in_initial_config_fails_startup(tmp_path: Path) -> None:
     config = tmp_path / "models.config"
     config.write_text(config_text(model_entry("clf", tmp_path / "clf", "", {"stable": 1})))
     result = run_to_exit(f"--model_config_file={config}", "--port=1")
-    assert result.returncode != 0
-    assert "Failed to start server" in result.stderr
-    assert "Request to assign label to version 1 of model clf" in result.stderr
+    # main.cc: "Failed to start server. Error: <status>" on stdout, return -1.
+    assert result.returncode == 255
+    assert "Failed to start server. Error: FAILED_PRECONDITION: " in result.stdout
+    assert "Request to assign label to version 1 of model clf" in result.stdout
 
 
 def test_failed_initial_load_exits_nonzero(tmp_path: Path) -> None:
     write_model(tmp_path / "clf", 1, "broken")
     result = run_to_exit("--model_name=clf", f"--model_base_path={tmp_path / 'clf'}", "--port=1")
-    assert result.returncode != 0
-    assert "Failed to start server" in result.stderr
-    assert "Some models did not become available" in result.stderr
+    assert result.returncode == 255
+    assert "Failed to start server" in result.stdout
+    assert "Some models did not become available" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -206,7 +207,7 @@ def test_failed_initial_load_exits_nonzero(tmp_path: Path) -> None:
 def test_bad_command_lines_fail_at_startup(flags: list[str], message: str) -> None:
     result = run_to_exit(*flags, timeout=30)
     assert result.returncode != 0
-    assert message in result.stderr
+    assert message in result.stdout + result.stderr
 
 
 def test_same_rest_and_grpc_port_skips_rest(model_server: Callable[..., RunningServer], tmp_path: Path) -> None:

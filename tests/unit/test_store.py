@@ -212,9 +212,7 @@ def _fake_saved_model(
     saved_model_pb2 = tf_proto("tensorflow.core.protobuf.saved_model_pb2")
     types_pb2 = tf_proto("tensorflow.core.framework.types_pb2")
     inputs = {"inputs": ("DT_STRING", [-1])} if inputs is None else inputs
-    outputs = (
-        {"classes": ("DT_STRING", [-1, 3]), "scores": ("DT_FLOAT", [-1, 3])} if outputs is None else outputs
-    )
+    outputs = {"classes": ("DT_STRING", [-1, 3]), "scores": ("DT_FLOAT", [-1, 3])} if outputs is None else outputs
     saved_model = saved_model_pb2.SavedModel()
     meta_graph = saved_model.meta_graphs.add()
     meta_graph.meta_info_def.tags.extend(tags)

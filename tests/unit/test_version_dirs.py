@@ -29,8 +29,27 @@ def test_int64_names_are_versions(name: str, version: int) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["", " ", "-", "+", "²", "٣", "1²", "0x5", "1_000", "1.0", "1e3", "latest", ".tmp-3", "--1", "+-1", "1 2",
-     str(2**63), str(-(2**63) - 1), "9" * 400],
+    [
+        "",
+        " ",
+        "-",
+        "+",
+        "²",
+        "٣",
+        "1²",
+        "0x5",
+        "1_000",
+        "1.0",
+        "1e3",
+        "latest",
+        ".tmp-3",
+        "--1",
+        "+-1",
+        "1 2",
+        str(2**63),
+        str(-(2**63) - 1),
+        "9" * 400,
+    ],
 )
 def test_other_names_are_ignored(name: str) -> None:
     assert version_dirs.parse_version(name) is None

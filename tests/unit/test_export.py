@@ -70,22 +70,9 @@ def test_saved_model_cli_runs_input_examples(iris_export: TrainedExport) -> None
     cli = Path(sys.executable).with_name("saved_model_cli")
     example = json.dumps([dict(zip(FEATURES, ([v] for v in SEED_ROWS[2][0].values()), strict=True))])
     proc = subprocess.run(
-        [
-            str(cli),
-            "run",
-            "--dir",
-            str(iris_export.path),
-            "--tag_set",
-            "serve",
-            "--signature_def",
-            "serving_default",
-            "--input_examples",
-            f"inputs={example}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        [str(cli), "run", "--dir", str(iris_export.path), "--tag_set", "serve",
+         "--signature_def", "serving_default", "--input_examples", f"inputs={example}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Result for output key classes:\n[[b'0' b'1' b'2']]" in proc.stdout
@@ -138,9 +125,8 @@ def test_export_model_allocates_next_version_and_predicts(tmp_path: Path, make_i
     model = manifest.model()
     base = manifest.base_path(model)
     (base / "1700000005").mkdir(parents=True)
-    result = export_model(
-        _untrained_model(), manifest, model, metrics={"accuracy": 0.5}, data_hash="x", now=1_700_000_000
-    )
+    result = export_model(_untrained_model(), manifest, model, metrics={"accuracy": 0.5}, data_hash="x",
+                          now=1_700_000_000)
     assert result.version == 1_700_000_006
     assert result.path == base / "1700000006"
     assert store.read_metadata(result.path)["version"] == 1_700_000_006

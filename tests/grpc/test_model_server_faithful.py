@@ -392,12 +392,18 @@ def test_rest_classify_regress_and_context(server: RunningServer) -> None:
     assert classify.status_code == 200, classify.text
     assert classify.json() == {"results": [[["", 2.5]], [["", 3.5]]]}
     regress = requests.post(
-        f"{url}:regress",
-        json={"signature_name": "regress_x_to_y2", "context": {"x2": 5.0}, "examples": [{"x": 1.0}]},
-        timeout=20,
+        f"{url}:regress", json={"signature_name": "regress_x_to_y2", "examples": [{"x": 1.0}]}, timeout=20
     )
     assert regress.status_code == 200, regress.text
     assert regress.json() == {"results": [3.5]}
+    # The context's features reach every example (example_list_with_context).
+    context = requests.post(
+        f"{url}:classify",
+        json={"signature_name": "classify_x2_to_y3", "context": {"x2": 5.0}, "examples": [{"x": 1.0}, {"x": 2.0}]},
+        timeout=20,
+    )
+    assert context.status_code == 200, context.text
+    assert context.json() == {"results": [[["", 5.5]], [["", 5.5]]]}
 
 
 def test_rest_predict_row_and_columnar_formats(server: RunningServer) -> None:

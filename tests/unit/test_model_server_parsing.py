@@ -99,7 +99,7 @@ def test_batching_and_monitoring_files() -> None:
 
 
 def test_json_examples_map_numbers_like_tf_serving() -> None:
-    from deployer.model_server.rest_api import example_from_json
+    from deployer.model_server.json_tensor import example_from_json
 
     example = example_from_json({"i": 1, "f": 1.0, "b": True, "s": "x", "raw": {"b64": "AAE="}, "fl": [1.5, 2e3]})
     feature = example.features.feature

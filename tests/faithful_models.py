@@ -129,8 +129,45 @@ def tflite_half_plus_two() -> bytes:
     return bytes(converter.convert())
 
 
-def write_tflite_model(base: Path, dirname: str, *, with_saved_model: bool = True) -> Path:
+def with_signature_defs_metadata(flatbuffer: bytes) -> bytes:
+    """The model with ``signature_defs_metadata`` as tflite::SetSignatureDefMap writes it: signature
+    ``half`` (predict) mapping ``x`` -> ``x:0`` (a TF-style name, resolved by the legacy-name fallback)
+    and ``y`` -> the model's output tensor."""
+    import tensorflow as tf
+    from flatbuffers import flexbuffers
+    from tensorflow.core.protobuf import meta_graph_pb2
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    output = tf.lite.Interpreter(model_content=flatbuffer).get_output_details()[0]["name"]
+    signature = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    signature.inputs["x"].name = "x:0"
+    signature.inputs["x"].dtype = tf.float32.as_datatype_enum
+    signature.outputs["y"].name = output
+    signature.outputs["y"].dtype = tf.float32.as_datatype_enum
+    builder = flexbuffers.Builder()
+    with builder.Map():
+        builder.Key("half")
+        builder.String(signature.SerializeToString().decode("latin-1"))
+    data = builder.Finish()
+    model = flatbuffer_utils.convert_bytearray_to_object(bytearray(flatbuffer))
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    buffer = schema.BufferT()
+    buffer.data = list(data)
+    model.buffers.append(buffer)
+    entry = schema.MetadataT()
+    entry.name = "signature_defs_metadata"
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def write_tflite_model(
+    base: Path, dirname: str, *, with_saved_model: bool = True, signature_defs: bool = False
+) -> Path:
     flatbuffer = tflite_half_plus_two()
+    if signature_defs:
+        flatbuffer = with_signature_defs_metadata(flatbuffer)
 
     def build(export_dir: Path) -> None:
         if with_saved_model:

@@ -64,11 +64,13 @@ def _metadata_signature_defs(flatbuffer: bytes) -> dict[str, Any]:
         from flatbuffers import flexbuffers
 
         data = bytes(model.buffers[entry.buffer].data)
+        # signature_def_util.cc writes a map of signature key -> serialized SignatureDef (as a string).
+        root = flexbuffers.GetRoot(data).AsMap
         signatures = {}
-        for key, raw in flexbuffers.Loads(data).items():
+        for key, value in zip(root.Keys, root.Values, strict=True):
             sig = meta_graph_pb2.SignatureDef()
-            sig.ParseFromString(bytes(raw))
-            signatures[key] = sig
+            sig.ParseFromString(bytes(value.AsStringBytes if value.IsString else value.AsBlob))
+            signatures[key.AsKey] = sig
         return signatures
     return {}
 

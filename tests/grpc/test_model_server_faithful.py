@@ -44,6 +44,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / "hp2" / junk).mkdir()
     write_tf_text_model(root / "text", "1")
     write_tflite_model(root / "lite", "1")
+    write_tflite_model(root / "lite_sigs", "1", with_saved_model=False, signature_defs=True)
     return root
 
 
@@ -55,6 +56,7 @@ def server(model_server: Callable[..., RunningServer], root: Path) -> RunningSer
         model_entry("hp2_specific", root / "hp2", "specific { versions: 123 }"),
         model_entry("text", root / "text"),
         model_entry("lite", root / "lite"),
+        model_entry("lite_sigs", root / "lite_sigs"),
     )
     return model_server(config, "--prefer_tflite_model", f"--grpc_socket_path={root / 'grpc.sock'}")
 
@@ -312,6 +314,20 @@ def test_prefer_tflite_model_serves_model_tflite(server: RunningServer) -> None:
     # A differently shaped feed resizes the interpreter's input (ResizeInputTensor).
     response = _predict(server.channel, "lite", {"x": np.array([[1.0], [2.0]], np.float32)})
     assert tf.make_ndarray(response.outputs[output]).tolist() == [[2.5], [3.0]]  # type: ignore[attr-defined]
+
+
+def test_tflite_signature_defs_metadata_is_used(server: RunningServer) -> None:
+    import tensorflow as tf
+
+    # tflite::GetSignatureDefMap: the stored SignatureDefs, their TF-style names resolved to TFLite's.
+    response = _predict(server.channel, "lite_sigs", {"x": np.array([[4.0]], np.float32)}, "half")
+    assert tf.make_ndarray(response.outputs["y"]).tolist() == [[4.0]]  # type: ignore[attr-defined]
+    rest = requests.post(
+        f"{server.rest}/v1/models/lite_sigs:predict", json={"signature_name": "half", "instances": [[0.0]]}, timeout=20
+    )
+    assert rest.json() == {"predictions": [[2.0]]}
+    err = rpc_error(lambda: _predict(server.channel, "lite_sigs", {"x": np.ones((1, 1), np.float32)}))
+    assert err.details() == 'Serving signature key "serving_default" not found.'  # type: ignore[attr-defined]
 
 
 # -- item 8: the profiler service on the gRPC port ------------------------------------------------------------

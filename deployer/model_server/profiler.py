@@ -5,8 +5,8 @@ needs is ``Profile``: trace this process for ``duration_ms`` with the request's 
 XSpace as ``<repository_root>/<session_id>/<host_name>.xplane.pb`` (what TSL's profiler service does,
 so TensorBoard finds it under ``<logdir>/plugins/profile/<run>/``), return it inline when
 ``emit_xspace`` is set, and report ``empty_trace``. ``Terminate`` ends a running ``Profile`` early. One
-profiling session at a time: a second concurrent ``Profile`` gets UNAVAILABLE, as TSL's does while a
-session is active. ``Monitor`` and the continuous-profiling methods answer UNIMPLEMENTED.
+profiling session at a time: a second concurrent ``Profile`` gets ALREADY_EXISTS "Another profiling
+session active." (TSL's ProfilerLock contention). ``Monitor`` and the continuous-profiling methods answer UNIMPLEMENTED.
 
 The wheel ships no Python stubs for profiler_service.proto, so its two request/response messages are
 declared here from their field numbers (profiler_service.pb.h) in a private descriptor pool; the
@@ -90,7 +90,7 @@ class ProfilerService:
         stop = threading.Event()
         with self._lock:
             if self._active is not None:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "Another profiling session active.")
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, "Another profiling session active.")
             self._active = (request.session_id, stop)
         try:
             xspace = self._trace(request, stop, context)
@@ -117,8 +117,8 @@ class ProfilerService:
         session = _pywrap_profiler.ProfilerSession()
         try:
             session.start("", options)
-        except Exception as exc:  # the pybind error types are not importable by name
-            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        except Exception:  # e.g. an in-process tf.profiler session holds TSL's profiler lock
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, "Another profiling session active.")
         deadline = time.monotonic() + duration
         while not stop.is_set() and context.is_active():
             remaining = deadline - time.monotonic()

@@ -342,6 +342,49 @@ def test_tf_profiler_client_can_trace_the_server(server: RunningServer, tmp_path
     assert len(traces) == 1 and traces[0].stat().st_size > 0
 
 
+def test_one_profiling_session_at_a_time_and_terminate_ends_it(server: RunningServer) -> None:
+    import threading
+
+    from deployer.model_server.profiler import SERVICE, ProfilerService
+
+    messages = ProfilerService().messages
+    profile = server.channel.unary_unary(
+        f"/{SERVICE}/Profile",
+        request_serializer=messages["ProfileRequest"].SerializeToString,
+        response_deserializer=messages["ProfileResponse"].FromString,
+    )
+    terminate = server.channel.unary_unary(
+        f"/{SERVICE}/Terminate",
+        request_serializer=messages["TerminateRequest"].SerializeToString,
+        response_deserializer=messages["TerminateResponse"].FromString,
+    )
+    results: list[object] = []
+    started = time.monotonic()
+    long = threading.Thread(
+        target=lambda: results.append(
+            profile(messages["ProfileRequest"](duration_ms=60_000, session_id="long", emit_xspace=True), timeout=90)
+        )
+    )
+    long.start()
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                err = rpc_error(lambda: profile(messages["ProfileRequest"](duration_ms=100), timeout=30))
+            except pytest.fail.Exception:
+                assert time.monotonic() < deadline, "the first session never became active"
+                time.sleep(0.2)
+                continue
+            break
+        assert (err.code(), err.details()) == (grpc.StatusCode.ALREADY_EXISTS, "Another profiling session active.")  # type: ignore[attr-defined]
+    finally:
+        terminate(messages["TerminateRequest"](session_id="long"), timeout=10)
+        long.join(60)
+    assert time.monotonic() - started < 45
+    (response,) = results
+    assert response.xspace and not response.empty_trace  # type: ignore[attr-defined]
+
+
 # -- item 9: an unparsable --model_config_file (util/proto_util.h ParseProtoTextFile) ---------------------
 
 

@@ -92,6 +92,7 @@ class ProfilerService:
             if self._active is not None:
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, "Another profiling session active.")
             self._active = (request.session_id, stop)
+        log.info("Profiling session %r started (%d ms requested)", request.session_id, request.duration_ms)
         try:
             xspace = self._trace(request, stop, context)
         finally:

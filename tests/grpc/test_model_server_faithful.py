@@ -29,6 +29,7 @@ from tests.grpc.conftest import (
     run_to_exit,
     server_command,
     server_env,
+    wait_for,
 )
 
 pytestmark = pytest.mark.grpc
@@ -367,15 +368,8 @@ def test_one_profiling_session_at_a_time_and_terminate_ends_it(server: RunningSe
     )
     long.start()
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                err = rpc_error(lambda: profile(messages["ProfileRequest"](duration_ms=100), timeout=30))
-            except pytest.fail.Exception:
-                assert time.monotonic() < deadline, "the first session never became active"
-                time.sleep(0.2)
-                continue
-            break
+        wait_for(lambda: "Profiling session 'long' started" in server.log(), what="the first session")
+        err = rpc_error(lambda: profile(messages["ProfileRequest"](duration_ms=100), timeout=30))
         assert (err.code(), err.details()) == (grpc.StatusCode.ALREADY_EXISTS, "Another profiling session active.")  # type: ignore[attr-defined]
     finally:
         terminate(messages["TerminateRequest"](session_id="long"), timeout=10)

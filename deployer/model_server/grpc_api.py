@@ -91,8 +91,15 @@ def fill_classifications(result: Any, classes: np.ndarray | None, scores: np.nda
     return rows
 
 
+def _servable_for(core: ServerCore, request: Any) -> Any:
+    """classification_service.cc / regression_service.cc / predict_impl.cc: the ModelSpec must be set."""
+    if not request.HasField("model_spec"):
+        raise invalid("Missing ModelSpec")
+    return core.servable(request.model_spec)
+
+
 def classify(core: ServerCore, request: Any, metrics: Metrics | None = None) -> Any:
-    servable = core.servable(request.model_spec)
+    servable = _servable_for(core, request)
     classes, scores = servable.classify(request.model_spec.signature_name, request.input)
     response = classification_pb2.ClassificationResponse()
     fill_model_spec(response.model_spec, servable.name, servable.version, request.model_spec.signature_name)
@@ -103,7 +110,7 @@ def classify(core: ServerCore, request: Any, metrics: Metrics | None = None) -> 
 
 
 def regress(core: ServerCore, request: Any, metrics: Metrics | None = None) -> Any:
-    servable = core.servable(request.model_spec)
+    servable = _servable_for(core, request)
     values = servable.regress(request.model_spec.signature_name, request.input)
     response = regression_pb2.RegressionResponse()
     fill_model_spec(response.model_spec, servable.name, servable.version, request.model_spec.signature_name)
@@ -136,7 +143,7 @@ def multi_inference(core: ServerCore, request: Any, metrics: Metrics | None = No
 
 
 def predict(core: ServerCore, request: Any) -> Any:
-    servable = core.servable(request.model_spec)
+    servable = _servable_for(core, request)
     # Aliases, dtypes and the output filter are checked against the signature, and each tensor's size
     # against what the request carries, before any input is materialised (tensors.py).
     dtypes = {alias: int(proto.dtype) for alias, proto in request.inputs.items()}

@@ -546,6 +546,19 @@ def test_rest_classify_request_errors(server: RunningServer, body: dict[str, obj
         assert message in response.json()["error"]
 
 
+@pytest.mark.parametrize("method", ["Classify", "Regress", "Predict"])
+def test_requests_without_a_model_spec_are_invalid(server: RunningServer, method: str) -> None:
+    from tensorflow_serving.apis import classification_pb2, predict_pb2, regression_pb2
+
+    request = {
+        "Classify": classification_pb2.ClassificationRequest,
+        "Regress": regression_pb2.RegressionRequest,
+        "Predict": predict_pb2.PredictRequest,
+    }[method]()
+    err = rpc_error(lambda: getattr(_stub(server.channel), method)(request, timeout=20))
+    assert (err.code(), err.details()) == (grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")  # type: ignore[attr-defined]
+
+
 def test_grpc_predict_unknown_signature_is_failed_precondition(server: RunningServer) -> None:
     err = rpc_error(lambda: _predict(server.channel, "hp2_latest", {"x": np.ones((1, 1), np.float32)}, "nope"))
     assert (err.code(), err.details()) == (

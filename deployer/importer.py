@@ -89,9 +89,9 @@ def tree_sha256(root: Path) -> str:
 
 def find_imported(base_path: Path, sha256: str) -> int | None:
     """The version imported from content ``sha256``, if any (newest first)."""
-    for version in reversed(store.list_versions(base_path)):
+    for version, path in reversed(store.version_dirs(base_path).items()):
         try:
-            metadata = store.read_metadata(base_path / str(version))
+            metadata = store.read_metadata(path)
         except StoreError:
             continue
         if metadata.get("source_sha256") == sha256:
@@ -176,7 +176,7 @@ def import_saved_model(
     existing = find_imported(base_path, sha256)
     if existing is not None and version in (None, existing):
         progress(f"{source} is already version {existing} of {model.name} (same content)")
-        path = base_path / str(existing)
+        path = store.version_dir(base_path, existing)
         return ImportResult(model.name, existing, path, sha256, False, time.perf_counter() - started)
     store.ensure_base_path(base_path)
     store.remove_stale_temp_dirs(base_path)

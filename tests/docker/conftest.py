@@ -91,7 +91,9 @@ def launch(runtime: DockerRuntime, image: str, project: str, model_base: Path, c
             "host": "127.0.0.1",
             "grpc_port": 0,
             "rest_port": 0,
-            "args": ("--model_name=clf", f"--model_base_path={layout.model_paths['clf']}") if "clf" in models else (),
+            "args": ("--model_name=clf", f"--model_base_path={layout.model_paths['clf']}")
+            if "clf" in models
+            else (),
             "layout": layout,
             "state_dir": config_dir.parent / "state",
             "container": ContainerSettings(memory="1g", pids_limit=256),

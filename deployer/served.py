@@ -58,20 +58,21 @@ class Choice:
 def default_version(manifest: Manifest, model: ModelSpec) -> Choice:
     """The version to use when the user gave none. Raises VersionNotFound when there is none usable."""
     base = manifest.base_path(model)
-    on_disk = store.list_versions(base)
+    dirs = store.version_dirs(base)  # as found: 0042 is version 42 in 0042/
+    on_disk = list(dirs)
     entry = deployed(manifest, model)
     label = model.primary_label
     if entry is not None and entry.labels.get(label) in on_disk:
         version = entry.labels[label]
-        return Choice(version, base / str(version), f"the version label {label} points at in the deployed config")
+        return Choice(version, dirs[version], f"the version label {label} points at in the deployed config")
     skipped: list[str] = []
     for version in reversed(on_disk):
-        trouble = problem(base / str(version), model)
+        trouble = problem(dirs[version], model)
         if trouble is None:
             why = "the newest complete version (nothing deployed yet)"
             if skipped:
                 why += "; skipped " + ", ".join(skipped)
-            return Choice(version, base / str(version), why)
+            return Choice(version, dirs[version], why)
         skipped.append(f"{version} ({trouble})")
     if not on_disk:
         raise VersionNotFound(f"no exported versions under {base}", hint="run `deployer train -f <manifest>`")

@@ -40,7 +40,7 @@ def _top(pairs: list[tuple[str, float]]) -> tuple[str, float]:
     return max(pairs, key=lambda pair: pair[1])
 
 
-class ClassifyApi:
+class ClassifyApi(examples.ExampleInputs):
     name: ApiName = "classify"
     method_name = "tensorflow/serving/classify"
     grpc_method = "Classify"
@@ -100,33 +100,14 @@ class ClassifyApi:
                 f"the manifest lists {n_classes} classes"
             )
 
-    # -- inputs -----------------------------------------------------------------------------------
-    def case_batch(self, model: ModelSpec, case: SmokeCase) -> list[Mapping[str, Any]]:
-        del model
-        return [dict(case.features or {})]
-
-    def probe_batch(self, model: ModelSpec) -> list[Mapping[str, Any]]:
-        return [dict(model.smoke[0].features or {})] if model.smoke else [examples.zero_row(model)]
-
-    def warmup_batches(self, model: ModelSpec) -> list[list[Mapping[str, Any]]]:
-        """One batch of every case's row: warmup exercises the batch path, as real traffic does."""
-        return [[dict(case.features or {}) for case in model.smoke] or self.probe_batch(model)]
-
-    def batch_from_rest(self, model: ModelSpec, doc: Any, where: str) -> list[Mapping[str, Any]]:
-        return list(examples.rows_from_rest(doc, model, where))
-
-    # -- requests and answers ---------------------------------------------------------------------
-    def grpc_request(self, model: ModelSpec, batch: list[Mapping[str, Any]]) -> Any:
+    # -- inputs and requests: the shared tf.Example half (examples.ExampleInputs) --------------------
+    def _new_request(self) -> Any:
         ensure_light_protos()
         from tensorflow_serving.apis import classification_pb2
 
-        request = classification_pb2.ClassificationRequest()
-        examples.fill_input(request.input, model, batch)
-        return request
+        return classification_pb2.ClassificationRequest()
 
-    def rest_body(self, model: ModelSpec, batch: list[Mapping[str, Any]]) -> dict[str, Any]:
-        return {"examples": [examples.example_json(model, row) for row in batch]}
-
+    # -- answers ------------------------------------------------------------------------------------
     def parse_grpc(self, response: Any) -> Answer:
         return [[(c.label, float(c.score)) for c in cls.classes] for cls in response.result.classifications]
 

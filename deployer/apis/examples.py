@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from deployer.protos import tf_proto
 
 if TYPE_CHECKING:
-    from deployer.manifest import ModelSpec
+    from deployer.manifest import ModelSpec, SmokeCase
 
 Row = Mapping[str, Any]
 _INT64 = (-(2**63), 2**63 - 1)
@@ -118,3 +118,34 @@ def rows_from_rest(doc: Any, model: ModelSpec, where: str) -> list[dict[str, Any
     if not rows:
         raise ValueError(f"{where}: no examples")
     return rows
+
+
+class ExampleInputs:
+    """The input half the two tf.Example APIs (Classify, Regress) share: a batch is a list of feature rows,
+    sent as ``input.example_list`` over gRPC and as ``"examples"`` over REST. Each API names its request."""
+
+    def _new_request(self) -> Any:
+        """An empty ClassificationRequest / RegressionRequest (light protos, no TensorFlow)."""
+        raise NotImplementedError
+
+    def case_batch(self, model: ModelSpec, case: SmokeCase) -> list[Row]:
+        del model
+        return [dict(case.features or {})]
+
+    def probe_batch(self, model: ModelSpec) -> list[Row]:
+        return [dict(model.smoke[0].features or {})] if model.smoke else [zero_row(model)]
+
+    def warmup_batches(self, model: ModelSpec) -> list[list[Row]]:
+        """One batch of every case's row: warmup exercises the batch path, as real traffic does."""
+        return [[dict(case.features or {}) for case in model.smoke] or self.probe_batch(model)]
+
+    def batch_from_rest(self, model: ModelSpec, doc: Any, where: str) -> list[Row]:
+        return list(rows_from_rest(doc, model, where))
+
+    def grpc_request(self, model: ModelSpec, batch: list[Row]) -> Any:
+        request = self._new_request()
+        fill_input(request.input, model, batch)
+        return request
+
+    def rest_body(self, model: ModelSpec, batch: list[Row]) -> dict[str, Any]:
+        return {"examples": [example_json(model, row) for row in batch]}

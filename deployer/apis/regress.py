@@ -35,7 +35,7 @@ def _allowed(case: SmokeCase) -> float:
     return (case.tolerance or 0.0) + FLOAT32_SLACK * max(1.0, abs(expect))
 
 
-class RegressApi:
+class RegressApi(examples.ExampleInputs):
     name: ApiName = "regress"
     method_name = "tensorflow/serving/regress"
     grpc_method = "Regress"
@@ -72,33 +72,14 @@ class RegressApi:
         if out.shape is not None and not (len(out.shape) == 1 or (len(out.shape) == 2 and out.shape[1] in (1, -1))):
             raise StoreError(f"{where}: output {OUTPUT!r} must have shape [-1] or [-1, 1], is {out.shape}")
 
-    # -- inputs -----------------------------------------------------------------------------------
-    def case_batch(self, model: ModelSpec, case: SmokeCase) -> list[Mapping[str, Any]]:
-        del model
-        return [dict(case.features or {})]
-
-    def probe_batch(self, model: ModelSpec) -> list[Mapping[str, Any]]:
-        return [dict(model.smoke[0].features or {})] if model.smoke else [examples.zero_row(model)]
-
-    def warmup_batches(self, model: ModelSpec) -> list[list[Mapping[str, Any]]]:
-        """One batch of every case's row: warmup exercises the batch path, as real traffic does."""
-        return [[dict(case.features or {}) for case in model.smoke] or self.probe_batch(model)]
-
-    def batch_from_rest(self, model: ModelSpec, doc: Any, where: str) -> list[Mapping[str, Any]]:
-        return list(examples.rows_from_rest(doc, model, where))
-
-    # -- requests and answers ---------------------------------------------------------------------
-    def grpc_request(self, model: ModelSpec, batch: list[Mapping[str, Any]]) -> Any:
+    # -- inputs and requests: the shared tf.Example half (examples.ExampleInputs) --------------------
+    def _new_request(self) -> Any:
         ensure_light_protos()
         from tensorflow_serving.apis import regression_pb2
 
-        request = regression_pb2.RegressionRequest()
-        examples.fill_input(request.input, model, batch)
-        return request
+        return regression_pb2.RegressionRequest()
 
-    def rest_body(self, model: ModelSpec, batch: list[Mapping[str, Any]]) -> dict[str, Any]:
-        return {"examples": [examples.example_json(model, row) for row in batch]}
-
+    # -- answers ------------------------------------------------------------------------------------
     def parse_grpc(self, response: Any) -> Answer:
         return [float(r.value) for r in response.result.regressions]
 

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import shutil
-import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from deployer import __version__, apis, store, tf_noise
+from deployer import __version__, apis, safe_io, store, tf_noise
 from deployer.apis import examples, request_builder
 from deployer.apis.base import Api, Batch
 from deployer.errors import InputDataError, StoreError, TrainerError
@@ -310,26 +309,13 @@ def _value(value: Any, dtype: str, where: str) -> Any:
 def _read_input(path: Path) -> str:
     """The text of a prediction input file: a regular file (a FIFO would hang, /dev/zero never end), bounded."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise InputDataError(f"input file not found: {path}") from None
-    except OSError as exc:
-        raise InputDataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InputDataError(f"cannot read {path}: not a regular file")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            data = handle.read(MAX_INPUT_BYTES + 1)
-    except OSError as exc:  # e.g. /proc/self/mem: a "regular" file whose read fails
-        raise InputDataError(f"cannot read {path}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_INPUT_BYTES:
-        raise InputDataError(f"{path} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputDataError(f"cannot read {path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        return safe_io.read_user_text(path, MAX_INPUT_BYTES)
+    except safe_io.UserFileError as exc:
+        if exc.missing:
+            raise InputDataError(f"input file not found: {path}") from None
+        if exc.too_large:
+            raise InputDataError(f"{path} is larger than {MAX_INPUT_BYTES // (1024 * 1024)} MiB") from None
+        raise InputDataError(f"cannot read {path}: {exc.reason}") from None
 
 
 def _row(record: dict[str, Any], model: ModelSpec, where: str) -> Row:

@@ -26,13 +26,13 @@ import json
 import math
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from deployer import safe_io
 from deployer.errors import ManifestError
 
 # The production default stays the real server, pinned (TFX users were bitten by `latest`).
@@ -655,29 +655,13 @@ def format_validation_error(err: ValidationError) -> str:
 def _read_manifest_text(source: Path) -> str:
     """The file's text, refusing what is not a small regular file (a FIFO would hang, /dev/zero never end)."""
     try:
-        fd = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ManifestError(f"manifest not found: {source}", hint="pass -f manifests/<name>.yaml") from None
-    except (OSError, ValueError) as exc:
-        raise ManifestError(f"cannot read manifest {source}: {getattr(exc, 'strerror', None) or exc}") from None
-    try:
-        info = os.fstat(fd)
-        if stat.S_ISDIR(info.st_mode):
-            raise ManifestError(f"cannot read manifest {source}: it is a directory")
-        if not stat.S_ISREG(info.st_mode):
-            raise ManifestError(f"cannot read manifest {source}: not a regular file")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            data = handle.read(MAX_MANIFEST_BYTES + 1)
-    except OSError as exc:  # e.g. /proc/self/mem: a "regular" file whose read fails
-        raise ManifestError(f"cannot read manifest {source}: {exc.strerror or exc}") from None
-    finally:
-        os.close(fd)
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise ManifestError(f"manifest {source} is larger than {MAX_MANIFEST_BYTES // 1024} KiB")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ManifestError(f"cannot read manifest {source}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+        return safe_io.read_user_text(source, MAX_MANIFEST_BYTES)
+    except safe_io.UserFileError as exc:
+        if exc.missing:
+            raise ManifestError(f"manifest not found: {source}", hint="pass -f manifests/<name>.yaml") from None
+        if exc.too_large:
+            raise ManifestError(f"manifest {source} is larger than {MAX_MANIFEST_BYTES // 1024} KiB") from None
+        raise ManifestError(f"cannot read manifest {source}: {exc.reason}") from None
 
 
 # libyaml when PyYAML was built with it (ten times faster); the same safe constructors either way.

@@ -143,6 +143,45 @@ def read_text(path: Path, limit: int) -> str | None:
     return data.decode("utf-8", errors="replace")
 
 
+class UserFileError(Exception):
+    """A file the user named (manifest, input) that cannot be read; ``reason`` completes "cannot read X: "."""
+
+    def __init__(self, reason: str, *, missing: bool = False, too_large: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.missing = missing
+        self.too_large = too_large
+
+
+def read_user_text(path: Path, limit: int) -> str:
+    """The UTF-8 text of a file the user named: a regular file (a FIFO would hang, /dev/zero never end)
+    of at most ``limit`` bytes. Symlinks are followed: the user chose the path. Raises UserFileError."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UserFileError("not found", missing=True) from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
+        raise UserFileError(str(getattr(exc, "strerror", None) or exc)) from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise UserFileError("it is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise UserFileError("not a regular file")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:  # e.g. /proc/self/mem: a "regular" file whose read fails
+        raise UserFileError(str(exc.strerror or exc)) from None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise UserFileError("too large", too_large=True)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserFileError(f"not UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
 def write_atomic(path: Path, text: str, mode: int = PRIVATE_FILE) -> None:
     """Replace ``path`` with ``text``: temp file, fsync, rename (which replaces a symlink, never follows it)."""
     if not path.parent.is_dir():

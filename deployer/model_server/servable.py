@@ -80,6 +80,20 @@ def _tensor_meta(info: Any) -> TensorMeta:
     return TensorMeta(info.name, int(info.dtype), shape)
 
 
+def signatures_of(signature_defs: Any) -> dict[str, Signature]:
+    """A MetaGraphDef's signature_def map as Signatures (SavedModel and TFLite servables alike)."""
+    return {
+        key: Signature(
+            key,
+            sig.method_name,
+            {alias: _tensor_meta(t) for alias, t in sig.inputs.items()},
+            {alias: _tensor_meta(t) for alias, t in sig.outputs.items()},
+            sig,
+        )
+        for key, sig in signature_defs.items()
+    }
+
+
 def _signature_debug_string(proto: Any) -> str:
     return str(text_format.MessageToString(proto))
 
@@ -233,16 +247,7 @@ class Servable:
             self._session.close()
             raise ServingError(grpc.StatusCode.INTERNAL, f"Failed to load SavedModel from {path}: {exc}") from exc
         self.signature_defs = meta_graph.signature_def
-        self.signatures: dict[str, Signature] = {
-            key: Signature(
-                key,
-                sig.method_name,
-                {alias: _tensor_meta(t) for alias, t in sig.inputs.items()},
-                {alias: _tensor_meta(t) for alias, t in sig.outputs.items()},
-                sig,
-            )
-            for key, sig in meta_graph.signature_def.items()
-        }
+        self.signatures: dict[str, Signature] = signatures_of(self.signature_defs)
         self._prepare_runners()
 
     # -- running -------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2
 
-from deployer.model_server.servable import DEFAULT_SIGNATURE, Servable, Signature, _tensor_meta
+from deployer.model_server.servable import DEFAULT_SIGNATURE, Servable, signatures_of
 from deployer.model_server.status import ServingError
 
 log = logging.getLogger(__name__)
@@ -118,16 +118,7 @@ class TfLiteServable(Servable):
         for key, sig in signature_defs.items():
             holder.signature_def[key].CopyFrom(sig)
         self.signature_defs = holder.signature_def
-        self.signatures = {
-            key: Signature(
-                key,
-                sig.method_name,
-                {alias: _tensor_meta(t) for alias, t in sig.inputs.items()},
-                {alias: _tensor_meta(t) for alias, t in sig.outputs.items()},
-                sig,
-            )
-            for key, sig in self.signature_defs.items()
-        }
+        self.signatures = signatures_of(self.signature_defs)
 
     @staticmethod
     def _fix_name(known: dict[str, Any], name: str, context: str) -> str:

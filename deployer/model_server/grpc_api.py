@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (
 )
 
 from deployer.model_server.limits import MAX_REQUEST_BYTES
-from deployer.model_server.manager import ServerCore
+from deployer.model_server.manager import Core
 from deployer.model_server.metrics import Metrics
 from deployer.model_server.servable import DEFAULT_SIGNATURE
 from deployer.model_server.status import ServingError, invalid
@@ -91,14 +91,14 @@ def fill_classifications(result: Any, classes: np.ndarray | None, scores: np.nda
     return rows
 
 
-def _servable_for(core: ServerCore, request: Any) -> Any:
+def _servable_for(core: Core, request: Any) -> Any:
     """classification_service.cc / regression_service.cc / predict_impl.cc: the ModelSpec must be set."""
     if not request.HasField("model_spec"):
         raise invalid("Missing ModelSpec")
     return core.servable(request.model_spec)
 
 
-def classify(core: ServerCore, request: Any, metrics: Metrics | None = None) -> Any:
+def classify(core: Core, request: Any, metrics: Metrics | None = None) -> Any:
     servable = _servable_for(core, request)
     classes, scores = servable.classify(request.model_spec.signature_name, request.input)
     response = classification_pb2.ClassificationResponse()
@@ -109,7 +109,7 @@ def classify(core: ServerCore, request: Any, metrics: Metrics | None = None) -> 
     return response
 
 
-def regress(core: ServerCore, request: Any, metrics: Metrics | None = None) -> Any:
+def regress(core: Core, request: Any, metrics: Metrics | None = None) -> Any:
     servable = _servable_for(core, request)
     values = servable.regress(request.model_spec.signature_name, request.input)
     response = regression_pb2.RegressionResponse()
@@ -121,7 +121,7 @@ def regress(core: ServerCore, request: Any, metrics: Metrics | None = None) -> A
     return response
 
 
-def multi_inference(core: ServerCore, request: Any, metrics: Metrics | None = None) -> Any:
+def multi_inference(core: Core, request: Any, metrics: Metrics | None = None) -> Any:
     """multi_inference_helper.cc: the servable comes from the first task's ModelSpec."""
     spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
     servable = core.servable(spec)
@@ -142,7 +142,7 @@ def multi_inference(core: ServerCore, request: Any, metrics: Metrics | None = No
     return response
 
 
-def predict(core: ServerCore, request: Any) -> Any:
+def predict(core: Core, request: Any) -> Any:
     servable = _servable_for(core, request)
     # Aliases, dtypes and the output filter are checked against the signature, and each tensor's size
     # against what the request carries, before any input is materialised (tensors.py).
@@ -157,7 +157,7 @@ def predict(core: ServerCore, request: Any) -> Any:
     return response
 
 
-def model_metadata(core: ServerCore, request: Any) -> Any:
+def model_metadata(core: Core, request: Any) -> Any:
     if not request.HasField("model_spec"):
         raise invalid("Missing ModelSpec")
     if not request.metadata_field:
@@ -175,7 +175,7 @@ def model_metadata(core: ServerCore, request: Any) -> Any:
     return response
 
 
-def model_status(core: ServerCore, request: Any) -> Any:
+def model_status(core: Core, request: Any) -> Any:
     """get_model_status_impl.cc: version_label is ignored; versions newest first."""
     if not request.HasField("model_spec"):
         raise invalid("Missing ModelSpec")
@@ -206,7 +206,7 @@ def _model_name(request: Any) -> str:
 
 
 class _Base:
-    def __init__(self, core: ServerCore, metrics: Metrics) -> None:
+    def __init__(self, core: Core, metrics: Metrics) -> None:
         self.core = core
         self.metrics = metrics
 
@@ -320,15 +320,19 @@ def max_request_bytes(arguments: list[tuple[str, int | str]]) -> int:
 
 
 def start_grpc_server(
-    core: ServerCore,
+    core: Core,
     metrics: Metrics,
     addresses: list[str],
     workers: int,
     channel_arguments: str = "",
     *,
     profiler: bool = True,
+    reuse_port: bool = False,
 ) -> Any:
-    """Serve on every address (``host:port`` or ``unix:<path>``, as server.cc's AddListeningPort calls)."""
+    """Serve on every address (``host:port`` or ``unix:<path>``, as server.cc's AddListeningPort calls).
+
+    ``reuse_port``: bind with SO_REUSEPORT, for --num_server_processes (off otherwise, so a second server
+    on a taken port fails as TF Serving's does)."""
     extra = parse_channel_arguments(channel_arguments)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
@@ -337,7 +341,7 @@ def start_grpc_server(
             # (RESOURCE_EXHAUSTED before the message is parsed), unless the channel arguments raise it.
             ("grpc.max_receive_message_length", max_request_bytes(extra)),
             ("grpc.max_send_message_length", 2**31 - 1),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             *[(key, value) for key, value in extra if key != "grpc.max_receive_message_length"],
         ],
     )

@@ -8,7 +8,8 @@ AVAILABLE), then open gRPC (TCP ``--port`` unless 0, and ``unix:<--grpc_socket_p
 
 Ours, not TF Serving's: an unknown flag or stray argument is fatal (TF Serving prints "unknown
 argument" and usage, then carries on); servers bind the host in ``$DEPLOYER_MODEL_SERVER_HOST``
-(default 127.0.0.1; TF Serving binds 0.0.0.0 — set it to 0.0.0.0 in containers).
+(default 127.0.0.1; TF Serving binds 0.0.0.0 — set it to 0.0.0.0 in containers);
+``--num_server_processes N`` runs N processes on the same ports (server_processes.py).
 """
 
 from __future__ import annotations
@@ -19,10 +20,15 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 log = logging.getLogger("deployer.model_server")
+
+
+# server_processes.MAX_PROCESSES (not imported here: flags are checked before anything heavy is imported)
+MAX_SERVER_PROCESSES = 64
 
 
 class FlagError(Exception):
@@ -71,6 +77,7 @@ FLAGS: dict[str, _Flag] = {
     "num_tflite_pools": _Flag(int, 0, "one interpreter per TFLite model here", ignored=True),
     "num_tflite_interpreters_per_pool": _Flag(int, 1, "one interpreter per TFLite model here", ignored=True),
     "enable_profiler": _Flag(bool, True, "serve tensorflow.ProfilerService on the gRPC port"),
+    "num_server_processes": _Flag(int, 1, "processes serving the same ports, each loading every model (ours)"),
 }
 
 _TRUE = {"true", "1", "t", "yes"}
@@ -131,6 +138,10 @@ def _validate(flags: dict[str, Any]) -> None:
         raise FlagError("--enable_signature_method_name_check=true is not supported by deployer-model-server")
     if flags["saved_model_tags"] != "serve":
         raise FlagError("--saved_model_tags other than 'serve' is not supported by deployer-model-server")
+    if not 1 <= flags["num_server_processes"] <= MAX_SERVER_PROCESSES:
+        raise FlagError(f"--num_server_processes must be between 1 and {MAX_SERVER_PROCESSES}")
+    if flags["num_server_processes"] > 1 and flags["port"] == 0:
+        raise FlagError("--num_server_processes above 1 needs --port: processes share a TCP port, not a UNIX socket")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         if FLAGS[name].ignored:
             log.info("Flag --%s is accepted for compatibility and ignored: %s", name, FLAGS[name].help)
     try:
-        return _run(flags)
+        return _run(flags, args)
     except _StartupError as exc:
         # main.cc: std::cout << "Failed to start server. Error: " << status; return -1.
         print(f"Failed to start server. Error: {exc}", flush=True)
@@ -188,14 +199,20 @@ def _register_tf_text_ops() -> None:
         log.warning("TF Text ops are not available (%s): models using them will fail to load", exc)
 
 
-def _run(flags: dict[str, Any]) -> int:
+def _run(flags: dict[str, Any], args: list[str]) -> int:
     _build_checks(flags)
     # Heavy imports after flag checks, so a bad command line fails fast.
     from deployer.model_server import config as cfg
+    from deployer.model_server import server_processes as processes
     from deployer.model_server.status import ServingError
 
+    # --num_server_processes: a follower is this program, started by the owner with the same flags.
+    role = processes.follower_role()
     try:
-        if flags["model_config_file"]:
+        initial = None
+        if role is not None:
+            pass  # a follower loads what its owner tells it; only the owner reads the model config
+        elif flags["model_config_file"]:
             initial = cfg.read_model_server_config(flags["model_config_file"])
         else:
             initial = cfg.single_model_config(flags["model_name"], flags["model_base_path"])
@@ -214,15 +231,31 @@ def _run(flags: dict[str, Any]) -> int:
     except OSError as exc:
         raise _StartupError(f"{exc.filename}: {exc.strerror}") from exc
 
-    from deployer.model_server.grpc_api import max_request_bytes, parse_channel_arguments, start_grpc_server
-    from deployer.model_server.manager import ServerCore
-    from deployer.model_server.metrics import Metrics
-    from deployer.model_server.rest_api import RestApi, start_rest_server
+    stopping = threading.Event()
+    group: Any = None
+    if role is not None or flags["num_server_processes"] > 1:
+        processes.set_log_prefix(role[0] if role is not None else 0)
+    if role is None and flags["num_server_processes"] > 1:
+        # Started before TensorFlow is imported here, so every process imports it at the same time.
+        try:
+            group = processes.Fleet(
+                flags["num_server_processes"], processes.follower_argv(args), on_failure=stopping.set
+            )
+        except OSError as exc:
+            raise _StartupError(f"cannot start the server processes: {exc}") from exc
+    try:
+        return _serve(flags, initial, batching, monitoring, stopping, group, role)
+    finally:
+        if group is not None:
+            group.stop()
+
+
+def _make_loader(flags: dict[str, Any], batching: Any, metrics: Any) -> Callable[[str, int, str], Any]:
+    """(name, version, path) → a loaded, warmed-up servable; load attempts and warmup recorded in ``metrics``."""
     from deployer.model_server.servable import Servable
+    from deployer.model_server.status import ServingError
     from deployer.model_server.tflite import TFLITE_MODEL_FILE, TfLiteServable
 
-    _register_tf_text_ops()
-    metrics = Metrics()
     intra = flags["tensorflow_intra_op_parallelism"] or flags["tensorflow_session_parallelism"]
     inter = flags["tensorflow_inter_op_parallelism"] or flags["tensorflow_session_parallelism"]
 
@@ -252,36 +285,94 @@ def _run(flags: dict[str, Any]) -> int:
                 )
         return servable
 
-    core = ServerCore(
-        load,
-        file_system_poll_wait_seconds=flags["file_system_poll_wait_seconds"],
-        allow_version_labels_for_unavailable_models=flags["allow_version_labels_for_unavailable_models"],
-    )
-    stopping = threading.Event()
+    return load
+
+
+def _serve(
+    flags: dict[str, Any],
+    initial: Any,
+    batching: Any,
+    monitoring: Any,
+    stopping: threading.Event,
+    group: Any,
+    role: tuple[int, int] | None,
+) -> int:
+    """Load, open the ports, serve until a signal. ``group``: this process owns --num_server_processes'
+    followers; ``role``: this process is follower ``role[0]`` (its owner drives what it loads)."""
+    from deployer.model_server.grpc_api import max_request_bytes, parse_channel_arguments, start_grpc_server
+    from deployer.model_server.manager import ServerCore
+    from deployer.model_server.metrics import Metrics
+    from deployer.model_server.rest_api import RestApi, start_rest_server
+    from deployer.model_server.server_processes import Follower, FleetError, ensure_port_free
+    from deployer.model_server.status import ServingError
+
+    _register_tf_text_ops()
+    metrics = Metrics()
+    load = _make_loader(flags, batching, metrics)
 
     def on_signal(signum: int, _frame: Any) -> None:
         log.info("Received signal %d, shutting down", signum)
         stopping.set()
 
     signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    follower = None
+    if role is not None:
+        # Ctrl-C reaches the whole process group: the owner stops its followers in order.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        follower = Follower(role[0], role[1], load, metrics, stopping)
+        core: Any = follower.core
+        follower.start()
+    else:
+        signal.signal(signal.SIGINT, on_signal)
+        core = ServerCore(
+            group.load if group is not None else load,
+            file_system_poll_wait_seconds=flags["file_system_poll_wait_seconds"],
+            allow_version_labels_for_unavailable_models=flags["allow_version_labels_for_unavailable_models"],
+            unload=group.unload if group is not None else None,
+            on_config=group.on_config if group is not None else None,
+        )
+    if group is not None:
+        group.attach(core, load, metrics)
+    shared_ports = group is not None or follower is not None
 
     try:
-        core.reload_config(initial, still_waiting=lambda: not stopping.is_set())
-    except ServingError as exc:
+        if follower is not None:
+            if not follower.wait_for_serve():
+                core.stop()
+                follower.close()
+                return 0
+        else:
+            if group is not None:
+                group.wait_ready(still_waiting=lambda: not stopping.is_set())
+            core.reload_config(initial, still_waiting=lambda: not stopping.is_set())
+    except (ServingError, FleetError) as exc:
         core.stop()
         raise _StartupError(str(exc)) from exc
 
     host = os.environ.get("DEPLOYER_MODEL_SERVER_HOST", "127.0.0.1")
+    if group is not None:
+        # The processes bind with SO_REUSEPORT, which would share a port another server already holds.
+        for port in {flags["port"], flags["rest_api_port"]} - {0}:
+            try:
+                ensure_port_free(host, port)
+            except OSError as exc:
+                core.stop()
+                raise _StartupError(f"INVALID_ARGUMENT: cannot listen on {host}:{port}: {exc}") from exc
     workers = flags["grpc_max_threads"] or max(8, 4 * (os.cpu_count() or 1))
     addresses = []
     if flags["port"]:
         addresses.append(f"{host}:{flags['port']}")
-    if flags["grpc_socket_path"]:
+    if flags["grpc_socket_path"] and follower is None:  # a UNIX socket cannot be shared: the owner serves it
         addresses.append(f"unix:{flags['grpc_socket_path']}")
     try:
         grpc_server = start_grpc_server(
-            core, metrics, addresses, workers, flags["grpc_channel_arguments"], profiler=flags["enable_profiler"]
+            core,
+            metrics,
+            addresses,
+            workers,
+            flags["grpc_channel_arguments"],
+            profiler=flags["enable_profiler"],
+            reuse_port=shared_ports,
         )
     except (OSError, RuntimeError) as exc:
         core.stop()
@@ -290,7 +381,7 @@ def _run(flags: dict[str, Any]) -> int:
         log.info("Profiler service is enabled")
     if flags["port"]:
         log.info("Running gRPC ModelServer at %s:%d ...", host, flags["port"])
-    if flags["grpc_socket_path"]:
+    if flags["grpc_socket_path"] and follower is None:
         log.info("Running gRPC ModelServer at UNIX socket %s ...", flags["grpc_socket_path"])
     rest_server = None
     if flags["rest_api_port"]:
@@ -309,6 +400,7 @@ def _run(flags: dict[str, Any]) -> int:
                     flags["rest_api_port"],
                     flags["rest_api_num_threads"],
                     max_request_bytes(parse_channel_arguments(flags["grpc_channel_arguments"])),
+                    reuse_port=shared_ports,
                 )
             except OSError as exc:
                 grpc_server.stop(0)
@@ -316,8 +408,20 @@ def _run(flags: dict[str, Any]) -> int:
                 raise _StartupError(f"cannot listen on {host}:{flags['rest_api_port']}: {exc}") from exc
             log.info("Exporting HTTP/REST API at:%s:%d ...", host, flags["rest_api_port"])
 
+    if follower is not None:
+        follower.serving()
+    if group is not None:
+        try:
+            group.serve()  # the followers bind the same ports
+        except FleetError as exc:
+            grpc_server.stop(0)
+            if rest_server is not None:
+                rest_server.shutdown()
+            core.stop()
+            raise _StartupError(str(exc)) from exc
+
     poller = None
-    if flags["model_config_file"] and flags["model_config_file_poll_wait_seconds"] > 0:
+    if follower is None and flags["model_config_file"] and flags["model_config_file_poll_wait_seconds"] > 0:
         poller = threading.Thread(
             target=_poll_config_file,
             args=(core, flags["model_config_file"], flags["model_config_file_poll_wait_seconds"], stopping),
@@ -328,10 +432,19 @@ def _run(flags: dict[str, Any]) -> int:
 
     while not stopping.wait(1.0):
         pass
+    if group is not None:
+        group.request_stop()  # followers close their ports while this process closes its own
     grpc_server.stop(grace=2)
     if rest_server is not None:
         rest_server.shutdown()
+    if group is not None:
+        group.stop()
     core.stop()
+    if follower is not None:
+        follower.close()
+    if group is not None and group.failure is not None:
+        print(f"Server stopped: {group.failure}", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -58,16 +58,79 @@ class VersionState:
 
 
 @dataclass
-class _Model:
+class ModelEntry:
     config: Any
     loaded: dict[int, Any] = field(default_factory=dict)  # version -> Servable (AVAILABLE)
     failed: set[int] = field(default_factory=set)
 
 
 LoadFn = Callable[[str, int, str], Any]  # (name, version, path) -> Servable
+UnloadFn = Callable[[str, int, Any], None]  # (name, version, Servable): close it
+ConfigFn = Callable[[dict[str, dict[str, int]], list[str]], None]  # (labels, model names) after a reload
 
 
-class ServerCore:
+class ServableLookup:
+    """ModelSpec → AVAILABLE Servable over ``_models`` and ``_labels`` (guarded by ``_lock``).
+
+    Shared by ServerCore and a --num_server_processes follower's ReplicaCore (server_processes.py), so every
+    process resolves versions and labels, and words its errors, the same way.
+    """
+
+    _lock: threading.Condition
+    _models: dict[str, ModelEntry]
+    _labels: dict[str, dict[str, int]]
+
+    def servable(self, model_spec: Any) -> Any:
+        """Resolve a ModelSpec to an AVAILABLE Servable (name, version or version_label, else latest)."""
+        name = model_spec.name
+        if not name:
+            raise invalid("ModelSpec has no name specified.")
+        choice = model_spec.WhichOneof("version_choice")
+        version: int | None = None
+        if choice == "version":
+            version = int(model_spec.version.value)
+        elif choice == "version_label":
+            version = self.version_for_label(name, model_spec.version_label)
+        return self.servable_for(name, version)
+
+    def version_for_label(self, name: str, label: str) -> int:
+        with self._lock:
+            version = self._labels.get(name, {}).get(label)
+        if version is None:
+            raise invalid(f"Unrecognized servable version label: {label}")
+        return version
+
+    def servable_for(self, name: str, version: int | None) -> Any:
+        with self._lock:
+            model = self._models.get(name)
+            loaded = model.loaded if model is not None else {}
+            if version is None:
+                if loaded:
+                    return loaded[max(loaded)]
+                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
+            servable = loaded.get(version)
+            if servable is None:
+                raise ServingError(
+                    grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({name}, {version})"
+                )
+            return servable
+
+    def model_names(self) -> list[str]:
+        with self._lock:
+            return sorted(self._models)
+
+
+class Core(Protocol):
+    """What the request handlers (grpc_api, rest_api) need of a core: ServerCore or a follower's ReplicaCore."""
+
+    def servable(self, model_spec: Any) -> Any: ...
+
+    def version_states(self, name: str) -> dict[int, VersionState]: ...
+
+    def reload_config(self, config: Any, *, still_waiting: Callable[[], bool] = ...) -> None: ...
+
+
+class ServerCore(ServableLookup):
     def __init__(
         self,
         load: LoadFn,
@@ -75,15 +138,22 @@ class ServerCore:
         file_system_poll_wait_seconds: float = 1,
         allow_version_labels_for_unavailable_models: bool = False,
         on_state: Callable[[str, int, int, ServingError | None], None] | None = None,
+        unload: UnloadFn | None = None,
+        on_config: ConfigFn | None = None,
     ) -> None:
+        """``unload`` closes a retired servable (default: ``servable.close()``); ``on_config`` is told every
+        accepted config's labels and model names before reload_config returns. --num_server_processes
+        sets both, and a ``load`` that loads in every process (server_processes.py)."""
         self._load = load
+        self._unload = unload if unload is not None else _close
+        self._on_config = on_config
         self._poll_wait = file_system_poll_wait_seconds
         self._allow_unavailable_labels = allow_version_labels_for_unavailable_models
         self._on_state = on_state
         self._config_mu = threading.Lock()
         self._lock = threading.Condition(threading.RLock())
-        self._models: dict[str, _Model] = {}
-        self._removed: list[_Model] = []  # still to be unloaded by the manager thread
+        self._models: dict[str, ModelEntry] = {}
+        self._removed: list[ModelEntry] = []  # still to be unloaded by the manager thread
         self._states: dict[str, dict[int, VersionState]] = {}  # all ever seen, as ServableStateMonitor
         self._labels: dict[str, dict[str, int]] = {}
         self._wake = threading.Event()
@@ -128,10 +198,13 @@ class ServerCore:
                 for model in models:
                     entry = self._models.get(model.name)
                     if entry is None:
-                        self._models[model.name] = _Model(model)
+                        self._models[model.name] = ModelEntry(model)
                     else:
                         entry.config = model
                 self._labels = new_labels
+                names = sorted(self._models)
+            if self._on_config is not None:
+                self._on_config({name: dict(labels) for name, labels in new_labels.items()}, names)
             self._wake.set()
             self._wait_available(new_names, still_waiting)
 
@@ -181,47 +254,6 @@ class ServerCore:
                         f"Gave up waiting for models to become available: {', '.join(pending)}",
                     )
                 self._lock.wait(0.2)
-
-    # -- requests ------------------------------------------------------------------------------
-
-    def servable(self, model_spec: Any) -> Any:
-        """Resolve a ModelSpec to an AVAILABLE Servable (name, version or version_label, else latest)."""
-        name = model_spec.name
-        if not name:
-            raise invalid("ModelSpec has no name specified.")
-        choice = model_spec.WhichOneof("version_choice")
-        version: int | None = None
-        if choice == "version":
-            version = int(model_spec.version.value)
-        elif choice == "version_label":
-            version = self.version_for_label(name, model_spec.version_label)
-        return self.servable_for(name, version)
-
-    def version_for_label(self, name: str, label: str) -> int:
-        with self._lock:
-            version = self._labels.get(name, {}).get(label)
-        if version is None:
-            raise invalid(f"Unrecognized servable version label: {label}")
-        return version
-
-    def servable_for(self, name: str, version: int | None) -> Any:
-        with self._lock:
-            model = self._models.get(name)
-            loaded = model.loaded if model is not None else {}
-            if version is None:
-                if loaded:
-                    return loaded[max(loaded)]
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Latest({name})")
-            servable = loaded.get(version)
-            if servable is None:
-                raise ServingError(
-                    grpc.StatusCode.NOT_FOUND, f"Servable not found for request: Specific({name}, {version})"
-                )
-            return servable
-
-    def model_names(self) -> list[str]:
-        with self._lock:
-            return sorted(self._models)
 
     # -- manager thread ------------------------------------------------------------------------
 
@@ -279,7 +311,7 @@ class ServerCore:
             log.error("Cannot list %s: %s", config.base_path, exc)
         return []
 
-    def _reconcile(self, model: _Model, aspired_dirs: dict[int, str]) -> None:
+    def _reconcile(self, model: ModelEntry, aspired_dirs: dict[int, str]) -> None:
         """Load new aspired versions from their directory as found (``00000123`` for 123), unload the rest."""
         name = model.config.name
         aspired = set(aspired_dirs)
@@ -320,6 +352,10 @@ class ServerCore:
                     victims.append((version, model.loaded.pop(version)))
         for _version, servable in victims:
             try:
-                servable.close()
+                self._unload(name, _version, servable)
             finally:
                 self._set_state(name, _version, END)
+
+
+def _close(_name: str, _version: int, servable: Any) -> None:
+    servable.close()

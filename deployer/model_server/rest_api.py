@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import resource
+import socket
 import threading
 import time
 import urllib.parse
@@ -48,7 +49,7 @@ from deployer.model_server.limits import (
     REST_MAX_HEADER_BYTES,
     REST_READ_SECONDS,
 )
-from deployer.model_server.manager import STATE_NAMES, ServerCore
+from deployer.model_server.manager import STATE_NAMES, Core
 from deployer.model_server.metrics import Metrics
 from deployer.model_server.servable import DEFAULT_SIGNATURE
 from deployer.model_server.status import HTTP_STATUS, ServingError, invalid
@@ -100,7 +101,7 @@ def status_json(response: Any) -> str:
 
 
 class RestApi:
-    def __init__(self, core: ServerCore, metrics: Metrics, prometheus_path: str | None, timeout_ms: int) -> None:
+    def __init__(self, core: Core, metrics: Metrics, prometheus_path: str | None, timeout_ms: int) -> None:
         self.core = core
         self.metrics = metrics
         self.prometheus_path = prometheus_path
@@ -247,13 +248,19 @@ class _Server(TcpWSGIServer):  # type: ignore[misc]
 
     channel_class = _Channel
 
-    def __init__(self, *args: Any, read_seconds: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, read_seconds: float, reuse_port: bool = False, **kwargs: Any) -> None:
         self._read_seconds = read_seconds
+        self._reuse_port = reuse_port
         # channel fd -> (the request parser in progress, weakly, and when it was first seen). A new
         # request has a new parser, so a connection that keeps completing requests is never cut; the
         # weak reference cannot be confused with a later parser that reuses the id or the fd.
         self._reading: dict[int, tuple[weakref.ref[Any], float]] = {}
         super().__init__(*args, **kwargs)
+
+    def bind_server_socket(self) -> None:
+        if self._reuse_port:  # --num_server_processes: every process binds the port
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().bind_server_socket()
 
     def maintenance(self, now: float) -> None:
         super().maintenance(now)  # idle connections (channel_timeout)
@@ -275,7 +282,9 @@ class _Server(TcpWSGIServer):  # type: ignore[misc]
 class RestServer:
     """The REST API served by waitress on a background thread."""
 
-    def __init__(self, api: RestApi, host: str, port: int, threads: int, max_request_bytes: int) -> None:
+    def __init__(
+        self, api: RestApi, host: str, port: int, threads: int, max_request_bytes: int, reuse_port: bool = False
+    ) -> None:
         self.api = api
         connections = _connection_limit()
         adjustments = Adjustments(
@@ -307,6 +316,7 @@ class RestServer:
             adj=adjustments,
             sockinfo=adjustments.listen[0],
             read_seconds=REST_READ_SECONDS,
+            reuse_port=reuse_port,
         )
         self.port = int(self._server.effective_port)
         self._thread = threading.Thread(target=self._server.run, name="rest-io", daemon=True)
@@ -344,10 +354,17 @@ def _connection_limit() -> int:
 
 
 def start_rest_server(
-    api: RestApi, host: str, port: int, threads: int = 0, max_request_bytes: int = MAX_REQUEST_BYTES
+    api: RestApi,
+    host: str,
+    port: int,
+    threads: int = 0,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    *,
+    reuse_port: bool = False,
 ) -> RestServer:
-    """``threads`` 0 = TF Serving's default for --rest_api_num_threads (4 per CPU)."""
-    return RestServer(api, host, port, threads if threads > 0 else 4 * (os.cpu_count() or 1), max_request_bytes)
+    """``threads`` 0 = TF Serving's default for --rest_api_num_threads (4 per CPU); ``reuse_port``: SO_REUSEPORT."""
+    threads = threads if threads > 0 else 4 * (os.cpu_count() or 1)
+    return RestServer(api, host, port, threads, max_request_bytes, reuse_port)
 
 
 __all__ = ["RestApi", "RestServer", "start_rest_server"]

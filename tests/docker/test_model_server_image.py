@@ -6,6 +6,8 @@ The test bodies are not copied: each class below adopts one module of the local 
 * ``TestLifecycle`` <- ``tests/grpc/test_model_server_lifecycle.py``
 * ``TestBatching``  <- ``tests/grpc/test_model_server_batching.py``
 * ``TestFeeds``     <- ``tests/grpc/test_model_server_feeds.py``
+* ``TestProcesses`` <- ``tests/grpc/test_model_server_processes.py`` (--num_server_processes=2; processes
+  are signalled and checked inside the container, by their in-container pids)
 
 and this module's ``model_server`` fixture replaces the local one: every server is a container of
 ``deployer/model-server-compat:<version>`` started through the image's entrypoint (flags appended to
@@ -33,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import signal
 import stat
 import subprocess
 import time
@@ -53,6 +56,7 @@ from tests.grpc import test_model_server_api as api_suite
 from tests.grpc import test_model_server_batching as batching_suite
 from tests.grpc import test_model_server_feeds as feeds_suite
 from tests.grpc import test_model_server_lifecycle as lifecycle_suite
+from tests.grpc import test_model_server_processes as processes_suite
 from tests.grpc.conftest import STARTUP_TIMEOUT
 
 pytestmark = pytest.mark.docker
@@ -139,6 +143,7 @@ class ContainerServer:
         self.container = container
         self.config_path = config_path
         self._logs: str | None = None
+        self._exit_code: object = None
         container.reload()
         self.grpc_port = _host_port(container, GRPC_PORT)
         self.rest_port = self.grpc_port if rest == "same" else _host_port(container, REST_PORT) if rest else 0
@@ -170,7 +175,23 @@ class ContainerServer:
         return str(self.container.status) == "running"
 
     def exit_code(self) -> object:
+        if self._exit_code is not None:
+            return self._exit_code
         return self.container.attrs.get("State", {}).get("ExitCode")
+
+    def _in_container(self, code: str) -> int:
+        """Run Python in the container as its user (the server's uid: it may signal the server's processes)."""
+        result = self.container.exec_run(["python", "-c", code])
+        return int(result.exit_code)
+
+    def signal_process(self, pid: int, sig: signal.Signals) -> None:
+        assert self._in_container(f"import os; os.kill({pid}, {int(sig)})") == 0, f"cannot signal {pid}"
+
+    def process_alive(self, pid: int) -> bool:
+        if not self.alive():
+            return False
+        code = f"import sys; s = open('/proc/{pid}/stat').read(); sys.exit(s.rsplit(')', 1)[1].split()[0] == 'Z')"
+        return self._in_container(code) == 0
 
     def stop(self) -> None:
         self.channel.close()
@@ -178,6 +199,8 @@ class ContainerServer:
             return
         with contextlib.suppress(NotFound):
             self.container.stop(timeout=15)
+            self.container.reload()
+            self._exit_code = self.container.attrs.get("State", {}).get("ExitCode")
         self._logs = self.log()
         with contextlib.suppress(NotFound):
             self.container.remove(force=True)
@@ -314,6 +337,7 @@ TestApi = _adopt(api_suite, "TestApi")
 TestLifecycle = _adopt(lifecycle_suite, "TestLifecycle")
 TestBatching = _adopt(batching_suite, "TestBatching")
 TestFeeds = _adopt(feeds_suite, "TestFeeds")
+TestProcesses = _adopt(processes_suite, "TestProcesses")
 
 
 def test_adopted_suites_are_complete() -> None:
@@ -323,6 +347,7 @@ def test_adopted_suites_are_complete() -> None:
         (lifecycle_suite, TestLifecycle),
         (batching_suite, TestBatching),
         (feeds_suite, TestFeeds),
+        (processes_suite, TestProcesses),
     )
     for module, cls in adopted:
         local = {a for a, o in vars(module).items() if a.startswith(("test_", "Test")) and callable(o)}

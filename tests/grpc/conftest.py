@@ -9,6 +9,7 @@ start at all (e.g. the package is not installed), the test skips locally and fai
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -70,6 +71,21 @@ class RunningServer:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def exit_code(self) -> int | None:
+        return self.process.returncode
+
+    # Processes of the server's own tree, by pid (--num_server_processes tests); the image tier's
+    # ContainerServer does the same inside the container.
+    def signal_process(self, pid: int, sig: signal.Signals) -> None:
+        os.kill(pid, sig)
+
+    def process_alive(self, pid: int) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
     def stop(self) -> None:
         self.channel.close()

@@ -11,16 +11,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 
 from deployer.client import ServingClient
@@ -31,6 +35,7 @@ from deployer.server_config import ServedModel, parse_models_config
 from deployer.state import StateDir
 from tests import manifests
 from tests.conftest import skip_or_fail
+from tests.grpc.conftest import classify
 from tests.savedmodels import FEATURES, IRIS_ROWS
 
 pytestmark = pytest.mark.grpc
@@ -139,23 +144,43 @@ class Deployment:
         return Ledger(self.state.ledger).entries()
 
 
-def write_manifest(root: Path, project: str) -> Path:
+def write_manifest(root: Path, project: str, **server_settings: Any) -> Path:
     server = {
         "grpc_port": 0,
         "rest_port": 0,
         "health_deadline_seconds": 120,
         "reload_deadline_seconds": 60,
         "container": {"memory": "1g", "pids_limit": 256},
+        **server_settings,
     }
     return manifests.write_manifest(root, project, base_path=f"models/{MODEL}", server=server)
 
 
 @pytest.fixture
 def deploy(tmp_path: Path, models_template: Path, runtime_args: list[str]) -> Iterator[Deployment]:
+    yield from _deployment(tmp_path, models_template, runtime_args)
+
+
+@pytest.fixture
+def deploy_two_processes(tmp_path: Path, models_template: Path, runtime_args: list[str]) -> Iterator[Deployment]:
+    """A deployment whose server runs --num_server_processes=2 (passed through server.extra_args)."""
+    yield from _deployment(
+        tmp_path,
+        models_template,
+        runtime_args,
+        extra_args=["--num_server_processes=2"],
+        container={"memory": "2g", "pids_limit": 256},  # each process holds its own TensorFlow (~600 MiB)
+    )
+
+
+def _deployment(
+    tmp_path: Path, models_template: Path, runtime_args: list[str], **server_settings: Any
+) -> Iterator[Deployment]:
     project = f"promo-{uuid.uuid4().hex[:8]}"
     base = tmp_path / "models" / MODEL
     base.mkdir(parents=True)
-    deployment = Deployment(tmp_path, write_manifest(tmp_path, project), base, models_template, runtime_args, project)
+    manifest = write_manifest(tmp_path, project, **server_settings)
+    deployment = Deployment(tmp_path, manifest, base, models_template, runtime_args, project)
     deployment.add_version(1)
     try:
         deployment.up()
@@ -169,10 +194,24 @@ def deploy(tmp_path: Path, models_template: Path, runtime_args: list[str]) -> It
 
 
 class Load:
-    """Batch-1 Classify on a label from a few threads, bounded in count and time; counts every failure."""
+    """Batch-1 Classify on a label from a few threads, bounded in count and time; counts every failure.
 
-    def __init__(self, target: str, label: str = "stable", *, threads: int = 3, max_requests: int = 4000) -> None:
-        self.target, self.label, self.threads, self.max_requests = target, label, threads, max_requests
+    Threads share one connection (grpc pools a process's identical channels), unless ``channels`` gives
+    each thread its own channel (with its own connection) to use instead.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        label: str = "stable",
+        *,
+        threads: int = 3,
+        max_requests: int = 4000,
+        channels: list[grpc.Channel] | None = None,
+    ) -> None:
+        self.target, self.label, self.max_requests = target, label, max_requests
+        self.channels = channels or []
+        self.threads = len(self.channels) or threads
         self.ok = 0
         self.failures: list[str] = []
         self.versions: set[int] = set()
@@ -183,6 +222,22 @@ class Load:
     @property
     def total(self) -> int:
         return self.ok + len(self.failures)
+
+    def _run_on(self, channel: grpc.Channel) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if self.total >= self.max_requests:
+                    return
+            try:
+                response = classify(channel, MODEL, [IRIS_ROWS[1]], label=self.label)
+            except grpc.RpcError as exc:
+                with self._lock:
+                    self.failures.append(f"{exc.code()}: {exc.details()}")  # type: ignore[attr-defined]
+                continue
+            with self._lock:
+                self.ok += 1
+                self.versions.add(response.model_spec.version.value)  # type: ignore[attr-defined]
+            time.sleep(0.005)
 
     def _run(self) -> None:
         with ServingClient(self.target, timeout=10.0) as client:
@@ -202,7 +257,10 @@ class Load:
                 time.sleep(0.005)
 
     def __enter__(self) -> Load:
-        self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
+        if self.channels:
+            self._workers = [threading.Thread(target=self._run_on, args=(c,), daemon=True) for c in self.channels]
+        else:
+            self._workers = [threading.Thread(target=self._run, daemon=True) for _ in range(self.threads)]
         for worker in self._workers:
             worker.start()
         return self
@@ -330,6 +388,61 @@ def test_requests_on_the_label_never_fail_during_promotion_and_rollback(deploy: 
     assert load.failures == [], load.failures[:5]
     assert load.ok >= 50  # the load really overlapped the promotion
     assert load.versions == {1, 2}  # and saw the label switch both ways
+    assert deploy.label_version() == 1
+
+
+def _process_requests(rest_url: str) -> dict[int, float]:
+    """process index -> requests it answered (--num_server_processes' line on the merged metrics page)."""
+    with urllib.request.urlopen(f"{rest_url}/monitoring/prometheus/metrics", timeout=30) as response:
+        page = response.read().decode()
+    found = re.findall(r'deployer_model_server_process_requests_total\{pid="\d+",process="(\d+)"\} (\S+)', page)
+    return {int(index): float(count) for index, count in found}
+
+
+def _channels_on_every_process(target: str, rest_url: str, per_process: int = 2) -> list[grpc.Channel]:
+    """Channels with a connection each, at least ``per_process`` on every server process (SO_REUSEPORT
+    spreads connections at random: open them until it has)."""
+    by_process: dict[int, list[grpc.Channel]] = {}
+    spare: list[grpc.Channel] = []
+    for _ in range(64):
+        channel = grpc.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+        before = _process_requests(rest_url)
+        classify(channel, MODEL, [IRIS_ROWS[1]], label="stable")
+        after = _process_requests(rest_url)
+        (index,) = [i for i in after if after[i] != before.get(i, 0.0)]
+        if len(by_process.setdefault(index, [])) < per_process:
+            by_process[index].append(channel)
+        else:
+            spare.append(channel)
+        if len(by_process) >= 2 and all(len(c) == per_process for c in by_process.values()):
+            break
+    for channel in spare:
+        channel.close()
+    assert len(by_process) == 2, f"64 connections all landed on process {list(by_process)}"
+    return [channel for channels in by_process.values() for channel in channels]
+
+
+def test_requests_never_fail_during_promotion_with_two_server_processes(deploy_two_processes: Deployment) -> None:
+    """deployer knows nothing of the flag: server.extra_args passes it; labels move fleet-wide."""
+    deploy = deploy_two_processes
+    handle = deploy.state.load_handle()
+    assert handle is not None and handle.rest_url is not None
+    channels = _channels_on_every_process(handle.grpc_target, handle.rest_url)
+    before = _process_requests(handle.rest_url)
+    try:
+        with Load(handle.grpc_target, channels=channels) as load:
+            promoted = deploy.promote("2")
+            rolled_back = deploy.cli("rollback", "-f", str(deploy.manifest))
+            time.sleep(0.5)
+    finally:
+        for channel in channels:
+            channel.close()
+    after = _process_requests(handle.rest_url)
+    assert promoted.returncode == 0, deploy.outputs[-2]
+    assert rolled_back.returncode == 0, deploy.outputs[-1]
+    assert load.failures == [], load.failures[:5]
+    assert load.ok >= 50 and load.versions == {1, 2}
+    assert all(after[i] - before[i] >= 20 for i in (0, 1)), (before, after)  # both processes took load
     assert deploy.label_version() == 1
 
 

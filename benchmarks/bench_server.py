@@ -5,7 +5,8 @@ each round starting one cell later), medians over the rounds, ratios paired with
 
 - servers (subprocesses on loopback): ``ours`` (iris Classify + a digits-like 8x8 CNN Predict, REST on),
   ``ours+batching`` (--enable_batching with TF Serving's CPU-only starting point: num_batch_threads =
-  cores, batch_timeout_micros 0, max_batch_size 32), and ``reference``: a do-nothing gRPC server (the
+  cores, batch_timeout_micros 0, max_batch_size 32), ``ours×2`` (--num_server_processes=2: two
+  processes on the same ports, gRPC and REST at 8 h2load connections), and ``reference``: a do-nothing gRPC server (the
   same grpcio thread-pool server, answering pre-built response bytes without parsing the request) and
   a do-nothing REST server (the same waitress transport, answering a pre-built body): the physical
   limit of the framework on this machine;
@@ -13,7 +14,7 @@ each round starting one cell later), medians over the rounds, ratios paired with
   ``content-type: application/grpc`` and a 5-byte length prefix, REST as HTTP/1.1) and from Python
   client processes, 1 and 8 connections, gRPC and REST;
 - per cell: req/s, p50/p99 (h2load's per-request log, or the Python clients' own timings), server CPU
-  µs per request (utime+stime of the server process from /proc), 1-minute load average;
+  µs per request (utime+stime of the server's processes from /proc), 1-minute load average;
 - in-process signature call: ``Servable.classify`` batch 1 with today's C++ callable against the
   ``Session.make_callable(feed_list=...)`` closure it replaced.
 
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 FEATURES = ("SepalLength", "SepalWidth", "PetalLength", "PetalWidth")
 CLASSIFY_PATH = "/tensorflow.serving.PredictionService/Classify"
+TWO = "ours×2"  # --num_server_processes=2
 PREDICT_PATH = "/tensorflow.serving.PredictionService/Predict"
 
 
@@ -68,9 +70,31 @@ def _proc_status(pid: int, field_name: str) -> int:
     return 0
 
 
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            found += [int(child) for child in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+    """utime + stime of ``pid`` and its children (--num_server_processes' followers), live ones only."""
+    total = 0.0
+    for one in (pid, *_children(pid)):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    return total
+
+
+def _rss_mib(pid: int) -> float:
+    """Resident memory of ``pid`` and its children, MiB."""
+    return sum(_proc_status(one, "VmRSS") for one in (pid, *_children(pid))) / 1024
 
 
 def ensure_h2load() -> str | None:
@@ -451,6 +475,9 @@ def _cells(has_h2load: bool) -> list[Cell]:
                 cells.append(Cell(f"grpc-h2-{server}-{c}", server, "grpc", "h2load", c))
             for server in ("reference", "ours"):
                 cells.append(Cell(f"rest-h2-{server}-{c}", server, "rest", "h2load", c))
+            if c == 8:
+                cells.append(Cell(f"grpc-h2-{TWO}-{c}", TWO, "grpc", "h2load", c))
+                cells.append(Cell(f"rest-h2-{TWO}-{c}", TWO, "rest", "h2load", c))
         cells.append(Cell(f"grpc-py-ours-{c}", "ours", "grpc", "python", c))
         cells.append(Cell(f"rest-py-ours-{c}", "ours", "rest", "python", c))
     if has_h2load:
@@ -526,6 +553,10 @@ def run() -> str:
             servers["ours+batching"], _ = start_server(
                 "ours+batching", [*common, "--enable_batching", f"--batching_parameters_file={batching}"], tmp
             )
+            servers[TWO], _ = start_server(TWO, [*common, "--num_server_processes=2"], tmp)
+            _wait_versions(servers[TWO].grpc_port, 2)
+            time.sleep(1.0)  # the follower binds its ports just after the owner
+            memory = (_rss_mib(servers["ours"].pid), _rss_mib(servers[TWO].pid))
             # pre-built answers: what ours answers to the same requests
             import grpc
 
@@ -563,6 +594,7 @@ def run() -> str:
                     if cell.server == server_name and cell.client == "h2load":
                         _measure(cell, server, h2load, bodies, classify_bytes, digits_bytes, rest_body, tmp, warm=True)
             bad_before = {name: _bad_requests(s) for name, s in servers.items() if name != "reference"}
+            spread_before = _process_requests(servers[TWO])
             for round_index in range(ROUNDS):
                 order = cells[round_index % len(cells) :] + cells[: round_index % len(cells)]
                 for cell in order:
@@ -572,10 +604,30 @@ def run() -> str:
                     cell.results.append(result)
                     loads.append(result.load)
             failed = sum(_bad_requests(s) - bad_before[name] for name, s in servers.items() if name != "reference")
+            spread_after = _process_requests(servers[TWO])
+            spread = {i: spread_after.get(i, 0.0) - spread_before.get(i, 0.0) for i in spread_after}
         finally:
             for server in servers.values():
                 server.stop()
-    return _report(cells, new_rates, old_rates, startup, rss_per_version, loads, failed, h2load)
+    extra = _Extra(startup, rss_per_version, memory, spread)
+    return _report(cells, new_rates, old_rates, extra, loads, failed, h2load)
+
+
+@dataclass
+class _Extra:
+    startup: float
+    rss_per_version: float
+    memory: tuple[float, float]  # RSS MiB: ours, ours×2 (both processes)
+    spread: dict[int, float]  # ours×2: requests answered per process index during the rounds
+
+
+def _process_requests(server: Server) -> dict[int, float]:
+    """process index -> requests answered (--num_server_processes' line on the merged metrics page)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.rest_port}/metrics", timeout=10).read().decode()
+    found = re.findall(r'deployer_model_server_process_requests_total\{pid="\d+",process="(\d+)"\} (\S+)', text)
+    return {int(index): float(count) for index, count in found}
 
 
 class _ProcessHandle:
@@ -679,12 +731,12 @@ def _report(
     cells: list[Cell],
     new_rates: list[float],
     old_rates: list[float],
-    startup: float,
-    rss_per_version: float,
+    extra: _Extra,
     loads: list[float],
     failed: int,
     h2load: str | None,
 ) -> str:
+    startup, rss_per_version = extra.startup, extra.rss_per_version
     by_key = {cell.key: cell for cell in cells}
 
     def paired(a: str, b: str, metric: Callable[[Result], float]) -> list[float]:
@@ -742,6 +794,19 @@ def _report(
     goal("--enable_batching vs off, iris, 8 connections ≥ 1× (break even)", b8, 1.0)
     b32 = paired("cnn-ours+batching-8x4", "cnn-ours-8x4", rate)
     goal("--enable_batching vs off, digits CNN, 32 requests in flight > 1× (wins)", b32, 1.0)
+    two_rows = []
+    for api in ("grpc", "rest"):
+        for what, metric in (("req/s", rate), ("p99", p99)):
+            for against in ("ours", "reference"):
+                values = paired(f"{api}-h2-{TWO}-8", f"{api}-h2-{against}-8", metric)
+                name = "one process" if against == "ours" else "do-nothing reference"
+                two_rows.append(f"| {api} | {what} vs {name} | {span(values)} |")
+    total = sum(extra.spread.values())
+    share = (
+        ", ".join(f"process {i} {100 * n / total:.0f}%" for i, n in sorted(extra.spread.items()))
+        if total
+        else "not measured"
+    )
     h2 = f"h2load at {h2load}" if h2load else "h2load unavailable: its rows and goals not measured"
     lines = [
         "## server",
@@ -752,7 +817,8 @@ def _report(
         "thread pool / waitress) answering pre-built bytes: the physical limit. `ours+batching` = "
         "`--enable_batching` with num_batch_threads = cores, batch_timeout_micros 0, max_batch_size 32. "
         "h2load = Debian's nghttp2-client (C, ~50 µs CPU per request); python = client processes (raw-bytes "
-        "gRPC stubs, http.client keep-alive). Server CPU is the server process's utime+stime per request.",
+        "gRPC stubs, http.client keep-alive). Server CPU is the utime+stime per request of the server's processes "
+        f"(both for `{TWO}`).",
         "",
         f"- Load generator: {h2}",
         f"- Requests that failed on our servers during the rounds (their Prometheus request_count): **{failed}**",
@@ -760,6 +826,8 @@ def _report(
         f"C++ callable, {_median(old_rates):,.0f} with the `Session.make_callable(feed_list=…)` closure it replaced",
         f"- Process start → first version AVAILABLE, port open: **{startup:.1f} s** (includes importing TF)",
         f"- RSS added by a second loaded version (iris): **{rss_per_version:.1f} MiB**",
+        f"- RSS with both models loaded: one process **{extra.memory[0]:,.0f} MiB**, "
+        f"`--num_server_processes=2` **{extra.memory[1]:,.0f} MiB** (both processes)",
         f"- Machine load (1-min average, after each cell): {min(loads):.1f}–{max(loads):.1f} (other developers' work "
         "shares the CPUs)",
         "",
@@ -772,6 +840,13 @@ def _report(
         "| goal | measured | verdict |",
         "|---|---|---|",
         *goals,
+        "",
+        f"`{TWO}` (`--num_server_processes=2`) at 8 h2load connections, ratios paired within a round; the kernel "
+        f"spread its requests: {share} (SO_REUSEPORT hashes each connection to one process).",
+        "",
+        "| API | ratio | measured |",
+        "|---|---|---|",
+        *two_rows,
         "",
     ]
     return "\n".join(lines)

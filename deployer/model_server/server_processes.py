@@ -256,12 +256,6 @@ def _settle(future: Future[Any], outcome: str, value: Any) -> None:
         future.set_exception(RemoteError(str(value)))
 
 
-def _as_serving_error(exc: BaseException, what: str) -> ServingError:
-    if isinstance(exc, ServingError):
-        return exc
-    return ServingError(grpc.StatusCode.UNKNOWN, f"{what}: {exc}")
-
-
 def _encode_states(states: dict[int, VersionState]) -> dict[int, tuple[int, str | None, str]]:
     return {
         version: (s.state, s.error.code.name if s.error else None, s.error.message if s.error else "")
@@ -376,9 +370,8 @@ class Fleet:
         while not member.ready.wait(0.2):
             code = member.process.poll()
             if code is not None or member.link.closed:
-                raise FleetError(
-                    f"server process {member.index} (pid {member.pid}) {describe_exit(code)} before it was ready"
-                )
+                why = describe_exit(code)
+                raise FleetError(f"server process {member.index} (pid {member.pid}) exited ({why}) before it was ready")
             if not still_waiting() or self._stopping.is_set():
                 raise FleetError("stopped while waiting for the server processes")
             if deadline is not None and time.monotonic() > deadline:
@@ -454,7 +447,9 @@ class Fleet:
                 self._each(prepared, "discard", load_id)
                 if servable is not None:
                     servable.close()
-                raise _as_serving_error(error, "Loading failed")
+                if isinstance(error, RemoteError):  # the follower's load crashed: ServerCore reports UNKNOWN
+                    raise ServingError(grpc.StatusCode.UNKNOWN, str(error)) from error
+                raise error  # the owner's own, or a follower's ServingError, as ServerCore reports it
             self._each(prepared, "publish", load_id)
             self._published[load_id] = _Published(name, version, path)
             self._by_servable[id(servable)] = load_id
@@ -748,7 +743,10 @@ class Follower:
 
     def start(self) -> None:
         self.link.start()
-        self.link.call("hello", os.getpid())
+        try:
+            self.link.call("hello", os.getpid())
+        except PeerGone:
+            self._stopping.set()  # the owner is gone already: nothing to serve for
 
     def wait_for_serve(self) -> bool:
         """True when the owner asks this process to bind its ports; False when it is stopping instead."""
@@ -780,6 +778,7 @@ class Follower:
         if op == "prepare":
             load_id, name, version, path = args
             self.core.prepare(load_id, name, version, self._load(name, version, path))
+            log.info("Loaded %s version %d (served once every process has it)", name, version)
         elif op == "publish":
             self.core.publish(args[0])
         elif op in ("discard", "unload"):
@@ -794,6 +793,7 @@ class Follower:
             if self._serve_error is not None or self._stopping.is_set():
                 raise RemoteError(self._serve_error or "stopping")
         elif op == "stop":
+            log.info("Stopping (asked by the owner process)")
             self._stopping.set()
         else:
             raise RemoteError(f"unknown control call {op!r}")

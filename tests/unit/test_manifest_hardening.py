@@ -374,3 +374,9 @@ def test_an_unreadable_regular_file_is_a_manifest_error() -> None:
     # Found by tests/robustness/test_fuzz_cli.py: /proc/self/mem opens as a regular file and fails on read.
     with pytest.raises(ManifestError, match="cannot read manifest /proc/self/mem"):
         load_manifest("/proc/self/mem")
+
+
+def test_num_server_processes_passes_through_extra_args(tmp_path: Path) -> None:
+    """The compatible server's --num_server_processes is the user's to set: deployer needs nothing else."""
+    manifest = load_manifest(_with(tmp_path, {"server.extra_args": ["--num_server_processes=2"]}))
+    assert manifest.server.extra_args == ["--num_server_processes=2"]

@@ -177,8 +177,7 @@ def _build_checks(flags: dict[str, Any]) -> None:
     """Server::BuildAndStart's checks, before anything is loaded (INVALID_ARGUMENT)."""
     if flags["port"] == 0 and not flags["grpc_socket_path"]:
         raise _StartupError(
-            "INVALID_ARGUMENT: At least one of server_options.grpc_port or server_options.grpc_socket_path "
-            "must be set."
+            "INVALID_ARGUMENT: At least one of server_options.grpc_port or server_options.grpc_socket_path must be set."
         )
     if not flags["model_config_file"] and not flags["model_base_path"]:
         raise _StartupError(
@@ -238,7 +237,7 @@ def _run(flags: dict[str, Any], args: list[str]) -> int:
     if role is None and flags["num_server_processes"] > 1:
         # Started before TensorFlow is imported here, so every process imports it at the same time.
         try:
-            group = processes.Fleet(
+            group = processes.ProcessGroup(
                 flags["num_server_processes"], processes.follower_argv(args), on_failure=stopping.set
             )
         except OSError as exc:
@@ -303,7 +302,7 @@ def _serve(
     from deployer.model_server.manager import ServerCore
     from deployer.model_server.metrics import Metrics
     from deployer.model_server.rest_api import RestApi, start_rest_server
-    from deployer.model_server.server_processes import Follower, FleetError, ensure_port_free
+    from deployer.model_server.server_processes import Follower, ProcessGroupError, ensure_port_free
     from deployer.model_server.status import ServingError
 
     _register_tf_text_ops()
@@ -345,7 +344,7 @@ def _serve(
             if group is not None:
                 group.wait_ready(still_waiting=lambda: not stopping.is_set())
             core.reload_config(initial, still_waiting=lambda: not stopping.is_set())
-    except (ServingError, FleetError) as exc:
+    except (ServingError, ProcessGroupError) as exc:
         core.stop()
         raise _StartupError(str(exc)) from exc
 
@@ -413,7 +412,7 @@ def _serve(
     if group is not None:
         try:
             group.serve()  # the followers bind the same ports
-        except FleetError as exc:
+        except ProcessGroupError as exc:
             grpc_server.stop(0)
             if rest_server is not None:
                 rest_server.shutdown()

@@ -13,7 +13,7 @@ Exported (labels as TF Serving's util.cc / saved_model loader):
 prometheus_client renames counter TYPE lines to ``<name>_total``; TF Serving writes counters under
 their own names, so the exposition text is patched back for the counters above.
 
-With --num_server_processes N > 1 (ours) every process's page is the fleet's: the owner gathers each
+With --num_server_processes N > 1 (ours) every process's page is the sum over all of them: the owner gathers each
 process's :class:`Snapshot` and sums them (counters and histogram buckets), and one more family says
 how the requests spread: ``deployer_model_server_process_requests_total{process,pid}`` (requests each
 process answered; process 0 is the owner). A restarted process starts from zero, so merged counters
@@ -97,7 +97,7 @@ class Metrics:
         self._counters: dict[str, dict[tuple[str, ...], float]] = {name: {} for name in _COUNTERS}
         self._latency: dict[tuple[str, ...], _Histogram] = {}
         self._warmup: dict[tuple[str, ...], _Histogram] = {}
-        # --num_server_processes > 1: returns the fleet's merged snapshot (fleet.py); None = this process's own.
+        # --num_server_processes > 1: every process's snapshot, summed (server_processes.py); None: this one's.
         self.gather: Callable[[], Snapshot] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)

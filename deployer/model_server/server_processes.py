@@ -9,10 +9,10 @@ One truth. The process the user started is the **owner** (process 0). It spawns 
 ``$_DEPLOYER_MODEL_SERVER_PROCESS``). Only the owner reads the config, polls the file system and runs
 ServerCore; a follower holds servables and answers requests, nothing else:
 
-- The owner's ServerCore loads a version through :meth:`Fleet.load`, which loads it in every process
+- The owner's ServerCore loads a version through :meth:`ProcessGroup.load`, which loads it in every process
   at once (a follower keeps it hidden), and only when every process has it publishes it everywhere
   and reports it AVAILABLE. So a version is AVAILABLE — may take a label, may replace the version
-  before it — only once it is available in every process: TF Serving's rules, applied fleet-wide. A
+  before it — only once it is available in every process: TF Serving's rules, applied to them all. A
   load failing in any process fails the version everywhere (END with that error).
 - Unloads, label maps and the set of configured models reach every process before the owner's
   ServerCore moves on (so before HandleReloadConfigRequest answers).
@@ -21,7 +21,7 @@ ServerCore; a follower holds servables and answers requests, nothing else:
 - Every process's Prometheus page is the sum over all processes (metrics.py).
 
 Liveness: a follower that exits while the server runs is logged and restarted: the replacement
-loads every version the fleet serves, takes the current labels, and only then binds the ports. If a
+loads every version the others serve, takes the current labels, and only then binds the ports. If a
 replacement cannot be brought up 3 times in a row, or processes exited 5 times within 10 minutes,
 the server stops with exit status 1 and says why (its supervisor decides what next). A follower
 whose owner is gone (its control socket closes) stops. SIGTERM/SIGINT to the owner stops every
@@ -77,7 +77,7 @@ class RemoteError(Exception):
     """A control call failed on the other side with something other than a ServingError."""
 
 
-class FleetError(Exception):
+class ProcessGroupError(Exception):
     """The server processes could not be started or kept in step."""
 
 
@@ -93,7 +93,7 @@ def follower_role() -> tuple[int, int] | None:
 def ensure_port_free(host: str, port: int) -> None:
     """Fail like a plain bind would if anything listens on ``port``.
 
-    The fleet binds with SO_REUSEPORT, which would let it *share* a port another server of the same user
+    The processes bind with SO_REUSEPORT, which would let it *share* a port another server of the same user
     already holds (with SO_REUSEPORT too) instead of failing: probe without it first.
     """
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
@@ -295,7 +295,7 @@ class _Published:
     retired: bool = False  # its model left the config: hidden everywhere, waiting to be unloaded
 
 
-class Fleet:
+class ProcessGroup:
     """The owner's view of its followers: spawns them, keeps them in step with ServerCore, restarts them.
 
     ServerCore calls :meth:`load`, :meth:`unload` (from its manager thread, one at a time) and
@@ -334,7 +334,7 @@ class Fleet:
 
     def attach(self, core: Any, load: LoadFn, metrics: Metrics) -> None:
         """The owner's ServerCore (built with :meth:`load`, :meth:`unload`, :meth:`on_config`), its own
-        loader, and its metrics, whose page becomes the fleet's."""
+        loader, and its metrics, whose page becomes every process's sum."""
         self._core = core
         self._load = load
         self._metrics = metrics
@@ -370,26 +370,27 @@ class Fleet:
         while not member.ready.wait(0.2):
             code = member.process.poll()
             if code is not None or member.link.closed:
-                why = describe_exit(code)
-                raise FleetError(f"server process {member.index} (pid {member.pid}) exited ({why}) before it was ready")
+                why = f"server process {member.index} (pid {member.pid}) exited ({describe_exit(code)})"
+                raise ProcessGroupError(f"{why} before it was ready")
             if not still_waiting() or self._stopping.is_set():
-                raise FleetError("stopped while waiting for the server processes")
+                raise ProcessGroupError("stopped while waiting for the server processes")
             if deadline is not None and time.monotonic() > deadline:
-                raise FleetError(f"server process {member.index} was not ready within {timeout:.0f}s")
+                raise ProcessGroupError(f"server process {member.index} was not ready within {timeout:.0f}s")
 
     def wait_ready(self, still_waiting: Callable[[], bool]) -> None:
-        """Every follower has started (imported its modules) and said hello. Raises FleetError."""
+        """Every follower has started (imported its modules) and said hello. Raises ProcessGroupError."""
         for member in self._members:
             self._await_ready(member, still_waiting, None)
 
     def serve(self) -> None:
-        """Every follower binds the ports (the owner has bound them first); then watch them. Raises FleetError."""
+        """Every follower binds the ports (the owner bound them first); then they are watched. Raises
+        ProcessGroupError."""
         for member in self._members:
             try:
                 member.link.call("serve")
             except (PeerGone, RemoteError) as exc:
                 why = self._why(member, exc)
-                raise FleetError(f"server process {member.index} could not open its ports: {why}") from exc
+                raise ProcessGroupError(f"server process {member.index} could not open its ports: {why}") from exc
         self._watcher.start()
 
     def request_stop(self) -> None:
@@ -476,7 +477,7 @@ class Fleet:
             self._wait_all(calls, "config push")
 
     def gather(self) -> Snapshot:
-        """The fleet's metrics: this process's snapshot plus every live follower's, summed."""
+        """Every process's metrics: this process's snapshot plus every live follower's, summed."""
         assert self._metrics is not None, "attach() first"
         snaps = [self._metrics.snapshot((0, os.getpid()))]
         calls = [m.link.start_call("snapshot")[1] for m in self._live()]
@@ -578,7 +579,7 @@ class Fleet:
                 member.link.call("serve")
                 log.info("Server process %d restarted (pid %d) and serving", member.index, member.pid)
                 return
-            except (FleetError, PeerGone, RemoteError, ServingError, OSError) as exc:
+            except (ProcessGroupError, PeerGone, RemoteError, ServingError, OSError) as exc:
                 reason = self._why(member, exc) if member is not None else str(exc)
                 if member is not None:
                     self._discard(member)
@@ -592,7 +593,7 @@ class Fleet:
                 self._stopping.wait(delay)
 
     def _catch_up(self, member: _Member) -> None:
-        """Load what the fleet serves into a replacement, give it the labels, and make it a member."""
+        """Load what every process serves into a replacement, give it the labels, and make it a member."""
         with self._op_lock:
             for load_id, published in sorted(self._published.items()):
                 if published.retired:
@@ -601,7 +602,7 @@ class Fleet:
                 member.link.call("publish", load_id)
             with self._config_lock:
                 if self._stopping.is_set():
-                    raise FleetError("stopping")
+                    raise ProcessGroupError("stopping")
                 labels, names = self._config
                 member.link.call("config", labels, names, [])
                 self._members = tuple(sorted((*self._members, member), key=lambda m: m.index))
@@ -721,7 +722,7 @@ class ReplicaCore(ServableLookup):
 
 
 class Follower:
-    """Process ``index`` of the fleet: obeys its owner over the control socket ``fd``.
+    """Process ``index`` of the group: obeys its owner over the control socket ``fd``.
 
     main.py runs a follower through the same start-up as the owner, with three differences: its core
     is a :class:`ReplicaCore`, it loads nothing until told, and it binds its ports when the owner says

@@ -107,7 +107,7 @@ class TestTwoProcesses:
     """One server walked through reloads, a label move, metrics, a dead follower and SIGTERM (ordered)."""
 
     @pytest.fixture(scope="class")
-    def fleet(
+    def served(
         self, model_server: Callable[..., RunningServer], tmp_path_factory: pytest.TempPathFactory
     ) -> tuple[RunningServer, Path, list[Probe]]:
         root = tmp_path_factory.mktemp("models")
@@ -123,17 +123,17 @@ class TestTwoProcesses:
         wait_for(lambda: len(per_process(server)) == 2, what="two processes on the metrics page")
         return server, root, open_probes(server)
 
-    def test_1_connections_land_on_both_processes(self, fleet: tuple[RunningServer, Path, list[Probe]]) -> None:
-        server, _root, probes = fleet
+    def test_1_connections_land_on_both_processes(self, served: tuple[RunningServer, Path, list[Probe]]) -> None:
+        server, _root, probes = served
         processes = per_process(server)
         assert sorted(processes) == [0, 1]
         assert processes[0][0] != processes[1][0]
         assert {p.process for p in probes} == {0, 1}, "SO_REUSEPORT should spread 16 connections over both"
 
     def test_2_status_and_answers_are_the_same_in_every_process(
-        self, fleet: tuple[RunningServer, Path, list[Probe]]
+        self, served: tuple[RunningServer, Path, list[Probe]]
     ) -> None:
-        server, _root, probes = fleet
+        server, _root, probes = served
         assert same_everywhere(probes, lambda ch: status_of(ch, "clf")) == {1: ("AVAILABLE", 0, "")}
         assert same_everywhere(probes, answer) == ("0", 1)
         assert code_of(lambda: answer(probes[0].channel, "nope")) == grpc.StatusCode.NOT_FOUND
@@ -141,9 +141,9 @@ class TestTwoProcesses:
         assert len(rest) == 1 and '"state": "AVAILABLE"' in rest.pop()
 
     def test_3_a_reload_sent_to_a_follower_adds_a_model_everywhere(
-        self, fleet: tuple[RunningServer, Path, list[Probe]]
+        self, served: tuple[RunningServer, Path, list[Probe]]
     ) -> None:
-        _server, root, probes = fleet
+        _server, root, probes = served
         write_model(root / "other", 5, "wrong")
         follower = next(p for p in probes if p.process == 1)
         reload_config(
@@ -159,9 +159,9 @@ class TestTwoProcesses:
         assert same_everywhere(probes, lambda ch: status_of(ch, "other")) == {5: ("AVAILABLE", 0, "")}
 
     def test_4_a_label_moves_only_once_its_version_is_available_in_every_process(
-        self, fleet: tuple[RunningServer, Path, list[Probe]]
+        self, served: tuple[RunningServer, Path, list[Probe]]
     ) -> None:
-        server, root, probes = fleet
+        server, root, probes = served
         owner = next(p for p in probes if p.process == 0)
         follower = next(p for p in probes if p.process == 1)
         both = config_text(
@@ -191,9 +191,9 @@ class TestTwoProcesses:
         }
 
     def test_5_a_reload_sent_to_a_follower_unloads_a_model_everywhere(
-        self, fleet: tuple[RunningServer, Path, list[Probe]]
+        self, served: tuple[RunningServer, Path, list[Probe]]
     ) -> None:
-        _server, root, probes = fleet
+        _server, root, probes = served
         owner = next(p for p in probes if p.process == 0)
         follower = next(p for p in probes if p.process == 1)
         reload_config(follower.channel, config_text(model_entry("clf", root / "clf", "all {}", {"stable": 2})))
@@ -204,9 +204,9 @@ class TestTwoProcesses:
         assert same_everywhere(probes, lambda ch: answer(ch, label="stable")) == ("2", 2)
 
     def test_6_a_reload_its_caller_gave_up_on_is_given_up_by_the_owner(
-        self, fleet: tuple[RunningServer, Path, list[Probe]]
+        self, served: tuple[RunningServer, Path, list[Probe]]
     ) -> None:
-        _server, root, probes = fleet
+        _server, root, probes = served
         owner = next(p for p in probes if p.process == 0)
         follower = next(p for p in probes if p.process == 1)
         (root / "empty").mkdir()  # a new model without versions: its reload waits for it
@@ -220,8 +220,8 @@ class TestTwoProcesses:
         assert time.monotonic() - started < 10
         assert same_everywhere(probes, lambda ch: answer(ch, label="stable")) == ("2", 2)
 
-    def test_7_metrics_are_the_sum_over_both_processes(self, fleet: tuple[RunningServer, Path, list[Probe]]) -> None:
-        server, _root, probes = fleet
+    def test_7_metrics_are_the_sum_over_both_processes(self, served: tuple[RunningServer, Path, list[Probe]]) -> None:
+        server, _root, probes = served
         pages = {metrics_page(server) for _ in range(8)}  # new connections: both processes answer some
         assert len(pages) == 1, "every process serves the same (merged) page"
         before_total, before = request_count(server, "clf"), per_process(server)
@@ -239,8 +239,8 @@ class TestTwoProcesses:
         )
         assert loads == ["2.0"], "each process loaded version 1 once"
 
-    def test_8_a_follower_that_dies_is_restarted_in_step(self, fleet: tuple[RunningServer, Path, list[Probe]]) -> None:
-        server, _root, probes = fleet
+    def test_8_a_follower_that_dies_is_restarted_in_step(self, served: tuple[RunningServer, Path, list[Probe]]) -> None:
+        server, _root, probes = served
         owner = next(p for p in probes if p.process == 0)
         dead = next(p for p in probes if p.process == 1)
         server.signal_process(dead.pid, signal.SIGKILL)
@@ -258,8 +258,8 @@ class TestTwoProcesses:
             assert code_of(lambda ch=probe.channel: answer(ch, "other")) == grpc.StatusCode.NOT_FOUND
         probes[:] = [p for p in probes if p.pid != dead.pid] + fresh
 
-    def test_9_sigterm_stops_every_process(self, fleet: tuple[RunningServer, Path, list[Probe]]) -> None:
-        server, _root, probes = fleet
+    def test_9_sigterm_stops_every_process(self, served: tuple[RunningServer, Path, list[Probe]]) -> None:
+        server, _root, probes = served
         pids = {index: pid for index, (pid, _n) in per_process(server).items()}
         for probe in probes:
             probe.channel.close()

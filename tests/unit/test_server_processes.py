@@ -1,4 +1,4 @@
-"""server_processes: the owner's Fleet driving real follower processes that hold fake servables.
+"""server_processes: the owner's ProcessGroup driving real follower processes that hold fake servables.
 
 The followers are ``tests.unit.fake_server_process`` (the real Follower and control link, no
 TensorFlow), so timing that a real model cannot be made to show is forced here: a follower whose
@@ -22,7 +22,7 @@ import pytest
 from deployer.model_server import server_processes
 from deployer.model_server.manager import AVAILABLE, END, LOADING, ServerCore
 from deployer.model_server.metrics import Metrics, Snapshot, merge
-from deployer.model_server.server_processes import Fleet
+from deployer.model_server.server_processes import ProcessGroup
 from deployer.model_server.status import ServingError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,17 +55,17 @@ class Setup:
     env: dict[str, str]
     failed: threading.Event = field(default_factory=threading.Event)
     owner_loads: list[OwnerServable] = field(default_factory=list)
-    fleet: Fleet | None = None
+    group: ProcessGroup | None = None
     core: ServerCore | None = None
 
     @property
     def base(self) -> Path:
         return self.tmp / "clf"
 
-    def start(self, count: int = 2, *, versions: tuple[int, ...] = (1,)) -> tuple[Fleet, ServerCore]:
+    def start(self, count: int = 2, *, versions: tuple[int, ...] = (1,)) -> tuple[ProcessGroup, ServerCore]:
         for version in versions:
             (self.base / str(version)).mkdir(parents=True, exist_ok=True)
-        self.fleet = fleet = Fleet(count, FAKE, on_failure=self.failed.set, env=self.env)
+        self.group = group = ProcessGroup(count, FAKE, on_failure=self.failed.set, env=self.env)
 
         def owner_load(name: str, version: int, _path: str) -> OwnerServable:
             servable = OwnerServable(name, version)
@@ -73,22 +73,22 @@ class Setup:
             return servable
 
         self.core = core = ServerCore(
-            fleet.load, file_system_poll_wait_seconds=0.2, unload=fleet.unload, on_config=fleet.on_config
+            group.load, file_system_poll_wait_seconds=0.2, unload=group.unload, on_config=group.on_config
         )
-        fleet.attach(core, owner_load, Metrics())
-        fleet.wait_ready(lambda: True)
+        group.attach(core, owner_load, Metrics())
+        group.wait_ready(lambda: True)
         core.reload_config(config(self.base, versions))
-        fleet.serve()
-        return fleet, core
+        group.serve()
+        return group, core
 
     def follower(self, index: int = 1) -> Any:
-        assert self.fleet is not None
-        return next(m for m in self.fleet._members if m.index == index)
+        assert self.group is not None
+        return next(m for m in self.group._members if m.index == index)
 
     def replaced(self, pid: int, index: int = 1) -> bool:
         """Follower ``index`` is a new process (not ``pid``), caught up and a member again."""
-        assert self.fleet is not None
-        members = [m for m in self.fleet._members if m.index == index]
+        assert self.group is not None
+        members = [m for m in self.group._members if m.index == index]
         return bool(members) and members[0].pid != pid and not members[0].link.closed
 
     def lookup(self, name: str = "clf", label: str = "", index: int = 1) -> object:
@@ -107,8 +107,8 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     env["FAKE_LOG"] = str(tmp_path / "follower.log")
     state = Setup(tmp_path, env)
     yield state
-    if state.fleet is not None:
-        state.fleet.stop()
+    if state.group is not None:
+        state.group.stop()
     if state.core is not None:
         state.core.stop()
 
@@ -133,7 +133,7 @@ def test_a_version_is_available_and_labelled_only_once_every_process_has_it(setu
     gate = setup.tmp / "gate"
     gate.touch()
     setup.env["FAKE_GATE"] = str(gate)
-    _fleet, core = setup.start()
+    _group, core = setup.start()
     assert setup.lookup() == 1
     gate.unlink()  # from now on the follower's loads wait
     (setup.base / "2").mkdir()
@@ -154,7 +154,7 @@ def test_a_version_is_available_and_labelled_only_once_every_process_has_it(setu
 
 def test_a_load_failing_in_one_process_fails_the_version_everywhere(setup: Setup) -> None:
     setup.env["FAKE_FAIL"] = "clf:2"
-    _fleet, core = setup.start()
+    _group, core = setup.start()
     (setup.base / "2").mkdir()
     core.reload_config(config(setup.base, (1, 2)))
     wait_until(lambda: state_of(core, 2) == END)
@@ -167,7 +167,7 @@ def test_a_load_failing_in_one_process_fails_the_version_everywhere(setup: Setup
 
 
 def test_labels_and_removed_models_reach_followers_before_reload_returns(setup: Setup) -> None:
-    _fleet, core = setup.start()
+    _group, core = setup.start()
     core.reload_config(config(setup.base, (1,), {"stable": 1}))
     assert setup.lookup(label="stable") == 1
     other = setup.tmp / "other"
@@ -183,7 +183,7 @@ def test_labels_and_removed_models_reach_followers_before_reload_returns(setup: 
 
 
 def test_a_dead_follower_is_replaced_and_catches_up(setup: Setup) -> None:
-    fleet, core = setup.start(versions=(1, 2))
+    group, core = setup.start(versions=(1, 2))
     wait_until(lambda: state_of(core, 1) == state_of(core, 2) == AVAILABLE)
     core.reload_config(config(setup.base, (1, 2), {"stable": 1}))
     dead = setup.follower().pid
@@ -193,44 +193,44 @@ def test_a_dead_follower_is_replaced_and_catches_up(setup: Setup) -> None:
     loads = sorted(line.split(" ", 1)[1] for line in setup.log() if line.startswith(f"{new} load"))
     assert loads == ["load clf 1", "load clf 2"]
     assert setup.lookup(label="stable") == 1 and setup.lookup() == 2
-    assert not setup.failed.is_set() and fleet.failure is None
+    assert not setup.failed.is_set() and group.failure is None
 
 
 def test_a_follower_that_cannot_be_restarted_stops_the_server(setup: Setup) -> None:
     counter = setup.tmp / "exits"
     counter.write_text("0")
     setup.env["FAKE_EXIT_AT_START"] = str(counter)
-    fleet, _core = setup.start()
+    group, _core = setup.start()
     counter.write_text("99")  # every replacement exits at once
     os.kill(setup.follower().pid, signal.SIGKILL)
     assert setup.failed.wait(30)
-    assert fleet.failure is not None
-    assert "server process 1 could not be restarted (3 attempts)" in fleet.failure
-    assert "exit status 3" in fleet.failure
+    assert group.failure is not None
+    assert "server process 1 could not be restarted (3 attempts)" in group.failure
+    assert "exit status 3" in group.failure
 
 
 def test_processes_exiting_too_often_stop_the_server(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(server_processes, "RESTART_BUDGET", 1)
-    fleet, _core = setup.start()
+    group, _core = setup.start()
     first = setup.follower().pid
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: setup.replaced(first))
     os.kill(setup.follower().pid, signal.SIGKILL)
     assert setup.failed.wait(30)
-    assert fleet.failure is not None and "exited 2 times within 10 minutes" in fleet.failure
+    assert group.failure is not None and "exited 2 times within 10 minutes" in group.failure
 
 
 def test_stop_ends_every_follower(setup: Setup) -> None:
-    fleet, _core = setup.start(count=3)
-    members = list(fleet._members)
+    group, _core = setup.start(count=3)
+    members = list(group._members)
     assert [m.index for m in members] == [1, 2]
-    fleet.stop()
+    group.stop()
     assert [m.process.returncode for m in members] == [0, 0]
 
 
 def test_metrics_gathered_from_every_process(setup: Setup) -> None:
-    fleet, _core = setup.start()
-    metrics = fleet._metrics
+    group, _core = setup.start()
+    metrics = group._metrics
     assert metrics is not None
     metrics.record_request("clf", "Classify", "GRPC", "OK", 100.0)
     page = metrics.exposition().decode()

@@ -111,3 +111,15 @@ def test_json_examples_map_numbers_like_tf_serving() -> None:
     assert list(feature["fl"].float_list.value) == [1.5, 2000.0]
     with pytest.raises(ServingError):
         example_from_json({"mixed": [1, "a"]})
+
+
+def test_version_policies_ignore_what_tf_serving_ignores() -> None:
+    """Issue 9 item 9, server side: ``²`` and a number beyond int64 are not versions (they raised on every poll)."""
+    config = parse_model_server_config(
+        'model_config_list { config { name: "l" base_path: "/l" model_platform: "tensorflow" } '
+        'config { name: "a" base_path: "/a" model_platform: "tensorflow" model_version_policy { all {} } } }'
+    )
+    latest, every = config.model_config_list.config
+    disk = sorted(["0042", "²", "٣", "99999999999999999999", "latest"])
+    assert aspired_versions(latest, disk) == {42: "0042"}
+    assert aspired_versions(every, disk) == {42: "0042"}

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,3 +80,13 @@ def iris_export(tmp_path_factory: pytest.TempPathFactory) -> TrainedExport:
         seconds_train=result.seconds_train,
         seconds_export=result.seconds_export,
     )
+
+
+@pytest.fixture
+def umask_000() -> Iterator[None]:
+    """The worst umask: whatever deployer creates must still get its explicit mode."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)

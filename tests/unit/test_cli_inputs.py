@@ -14,7 +14,6 @@ import json
 import os
 import stat
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,15 +174,6 @@ def test_predict_input_errors_through_the_cli_are_one_line_exit_2(tmp_path: Path
 
 
 # ---- item 6: exported SavedModels ---------------------------------------------------------------
-
-
-@pytest.fixture
-def umask_000() -> Iterator[None]:
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 @pytest.mark.usefixtures("umask_000")

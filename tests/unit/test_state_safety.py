@@ -12,7 +12,7 @@ import json
 import os
 import stat
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -119,15 +119,6 @@ def test_a_state_dir_writable_by_others_is_refused(tmp_path: Path, bad_mode: int
 
 
 # ---- item 6: explicit modes whatever the umask ------------------------------------------------
-
-
-@pytest.fixture
-def umask_000() -> Iterator[None]:
-    old = os.umask(0)
-    try:
-        yield
-    finally:
-        os.umask(old)
 
 
 @pytest.mark.usefixtures("umask_000")
